@@ -1,0 +1,153 @@
+"""Multi-scale deformable attention (Deformable DETR), portable PyTorch.
+
+``ms_deform_attn_core`` is the reference: bilinear sampling with ``grid_sample`` (zeros padding,
+align_corners=False), exactly what mmcv runs on the CPU. A fused kernel can replace it through
+``set_sampler`` as long as it matches the reference in tests.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["ms_deform_attn_core", "MultiScaleDeformableAttention", "reference_points"]
+
+SpatialShapes = Sequence[Tuple[int, int]]
+
+
+def ms_deform_attn_core(
+    value: Tensor, spatial_shapes: SpatialShapes, sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
+    """Sample ``value`` at the given locations and mix the samples with the attention weights.
+
+    Args:
+        value: (B, sum(H·W), heads, head_dim).
+        spatial_shapes: (H, W) of each level, in the order the levels are concatenated in ``value``.
+        sampling_locations: (B, Q, heads, levels, points, 2), (x, y) in [0, 1] (outside → zeros).
+        attention_weights: (B, Q, heads, levels, points), already softmax-normalised.
+
+    Returns:
+        (B, Q, heads·head_dim).
+    """
+    batch, _, heads, head_dim = value.shape
+    _, queries, _, levels, points, _ = sampling_locations.shape
+    per_level = value.split([h * w for h, w in spatial_shapes], dim=1)
+    grids = 2 * sampling_locations - 1
+    samples = []
+    for level, (h, w) in enumerate(spatial_shapes):
+        # (B, HW, heads, D) → (B·heads, D, H, W)
+        value_l = per_level[level].flatten(2).transpose(1, 2).reshape(batch * heads, head_dim, h, w)
+        # (B, Q, heads, P, 2) → (B·heads, Q, P, 2)
+        grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        samples.append(F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False))
+    # (B·heads, D, Q, levels·P) weighted by (B·heads, 1, Q, levels·P), summed over the samples
+    weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels * points)
+    out = (torch.stack(samples, dim=-2).flatten(-2) * weights).sum(-1)
+    return out.view(batch, heads * head_dim, queries).transpose(1, 2).contiguous()
+
+
+_sampler: Callable[[Tensor, SpatialShapes, Tensor, Tensor], Tensor] = ms_deform_attn_core
+
+
+def set_sampler(fn: Optional[Callable[[Tensor, SpatialShapes, Tensor, Tensor], Tensor]]) -> None:
+    """Install a faster implementation of :func:`ms_deform_attn_core` (``None`` restores it)."""
+    global _sampler
+    _sampler = fn or ms_deform_attn_core
+
+
+def reference_points(spatial_shapes: SpatialShapes, device: torch.device) -> Tensor:
+    """Pixel-centre reference points normalised to [0, 1]: (1, sum(H·W), 1, 2) as (x, y).
+
+    The level axis has size 1 and broadcasts: each query keeps its own point on every level.
+    """
+    per_level = []
+    for h, w in spatial_shapes:
+        ref_y, ref_x = torch.meshgrid(
+            torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
+            torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device),
+            indexing="ij",
+        )
+        per_level.append(torch.stack((ref_x.reshape(-1)[None] / w, ref_y.reshape(-1)[None] / h), -1))
+    return torch.cat(per_level, 1)[:, :, None]
+
+
+class MultiScaleDeformableAttention(nn.Module):
+    """Each query attends to ``num_points`` learned offsets around its reference point, per head and level.
+
+    Returns the attention output only; the caller adds the residual.
+
+    Args:
+        embed_dims: channels of queries and values.
+        num_heads: attention heads (embed_dims must be divisible by it).
+        num_levels: feature levels the values come from.
+        num_points: sampling points per head and level.
+    """
+
+    def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 4, num_points: int = 4) -> None:
+        super().__init__()
+        if embed_dims % num_heads:
+            raise ValueError(f"embed_dims ({embed_dims}) must be divisible by num_heads ({num_heads})")
+        self.embed_dims = embed_dims
+        self.num_heads = num_heads
+        self.num_levels = num_levels
+        self.num_points = num_points
+        self.sampling_offsets = nn.Linear(embed_dims, num_heads * num_levels * num_points * 2)
+        self.attention_weights = nn.Linear(embed_dims, num_heads * num_levels * num_points)
+        self.value_proj = nn.Linear(embed_dims, embed_dims)
+        self.output_proj = nn.Linear(embed_dims, embed_dims)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Offsets start on a ring around the reference point (head i points at angle 2πi/heads)."""
+        nn.init.zeros_(self.sampling_offsets.weight)
+        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
+        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+        grid = grid / grid.abs().max(-1, keepdim=True)[0]
+        grid = grid.view(self.num_heads, 1, 1, 2).repeat(1, self.num_levels, self.num_points, 1)
+        grid *= torch.arange(1, self.num_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        self.sampling_offsets.bias.copy_(grid.view(-1))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for proj in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def sampling(self, query: Tensor, ref_points: Tensor, spatial_shapes: SpatialShapes) -> Tuple[Tensor, Tensor]:
+        """Sampling locations (B, Q, heads, levels, points, 2) and weights (B, Q, heads, levels, points)."""
+        batch, queries, _ = query.shape
+        shape = (batch, queries, self.num_heads, self.num_levels, self.num_points)
+        offsets = self.sampling_offsets(query).view(*shape, 2)
+        weights = self.attention_weights(query).view(batch, queries, self.num_heads, -1).softmax(-1).view(shape)
+        normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
+        locations = ref_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        return locations, weights
+
+    def forward(
+        self,
+        query: Tensor,
+        query_pos: Optional[Tensor],
+        ref_points: Tensor,
+        spatial_shapes: SpatialShapes,
+        value: Optional[Tensor] = None,
+    ) -> Tensor:
+        """query (B, Q, C) (+ query_pos), values default to the query itself (self-attention)."""
+        if value is None:
+            value = query
+        if query_pos is not None:
+            query = query + query_pos
+        batch, num_value, _ = value.shape
+        expected = sum(h * w for h, w in spatial_shapes)
+        if num_value != expected:
+            raise ValueError(f"value has {num_value} entries but spatial_shapes {list(spatial_shapes)} need {expected}")
+        value = self.value_proj(value).view(batch, num_value, self.num_heads, -1)
+        locations, weights = self.sampling(query, ref_points, spatial_shapes)
+        return self.output_proj(_sampler(value, spatial_shapes, locations, weights))
+
+
+def as_shapes(feats: List[Tensor]) -> List[Tuple[int, int]]:
+    return [(int(f.shape[-2]), int(f.shape[-1])) for f in feats]

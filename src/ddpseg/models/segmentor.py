@@ -1,0 +1,247 @@
+"""DDP and SelfAlignedDDP: a segmentor that denoises a random map into a label map, guided by image features.
+
+Flow (see ``GUIDE.md``):
+
+    image → backbone → neck → x (B, C, H/4, W/4)                      once per image
+    m_t ~ N(0, I); for (t, t_next) in the schedule:
+        f = transform(cat[x, m_t])                                     1×1 conv, 2C → C
+        logits = decoder(f, time_mlp(λ(t)))
+        m̂ = encode(argmax logits); m_t = DDIM(m_t, m̂, λ(t), λ(t_next))
+    logits (last step, or the mean of every step's softmax with ``accumulation``) → resized to the image
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .diffusion import (
+    LabelEncoder,
+    TimeEmbedding,
+    ddim_step,
+    ddpm_step,
+    get_log_snr_fn,
+    log_snr_to_alpha_sigma,
+    right_pad_dims_to,
+    sampling_time_pairs,
+    time_tensor,
+)
+from .heads import DeformableHeadWithTime, FCNHead
+from .necks import DDPNeck
+
+__all__ = ["DDP", "SelfAlignedDDP", "SamplerTrace"]
+
+
+class SamplerTrace:
+    """What the sampler saw at each step (for uncertainty maps and debugging): logits and argmax per step."""
+
+    def __init__(self) -> None:
+        self.logits: List[Tensor] = []
+        self.labels: List[Tensor] = []
+
+
+class DDP(nn.Module):
+    """The DDP segmentor.
+
+    Args:
+        backbone: returns 4 feature maps at strides 4, 8, 16, 32.
+        neck: fuses them into one stride-4 map with ``decode_head.in_channels`` channels.
+        decode_head: the time-conditioned decoder.
+        auxiliary_head: optional FCN head on the neck output, used for training only.
+        num_classes: segmentation classes (the label embedding has one more row for "ignore").
+        bit_scale: the analog label map lives in [−bit_scale, bit_scale].
+        timesteps: default number of sampling steps.
+        randsteps: samples drawn per image and averaged.
+        time_difference: how far ahead ``t_next`` looks (in steps).
+        learned_sinusoidal_dim: Fourier features of the time embedding.
+        sample_range: training times are drawn from U(sample_range); sampling stops at sample_range[0].
+        noise_schedule: ``'cosine'`` or ``'linear'`` log-SNR.
+        diffusion: ``'ddim'`` (deterministic after the first draw) or ``'ddpm'``.
+        accumulation: return the mean over steps of the softmax instead of the last step's logits.
+        align_corners: for the final resize to the image size.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        neck: DDPNeck,
+        decode_head: DeformableHeadWithTime,
+        auxiliary_head: Optional[FCNHead] = None,
+        num_classes: int,
+        bit_scale: float = 0.1,
+        timesteps: int = 1,
+        randsteps: int = 1,
+        time_difference: float = 1,
+        learned_sinusoidal_dim: int = 16,
+        sample_range: Tuple[float, float] = (0.0, 0.999),
+        noise_schedule: str = "cosine",
+        diffusion: str = "ddim",
+        accumulation: bool = False,
+        align_corners: bool = False,
+        ignore_index: int = 255,
+    ) -> None:
+        super().__init__()
+        if diffusion not in ("ddim", "ddpm"):
+            raise ValueError(f"diffusion must be 'ddim' or 'ddpm', got {diffusion!r}")
+        self.backbone = backbone
+        self.neck = neck
+        self.decode_head = decode_head
+        self.auxiliary_head = auxiliary_head
+        self.num_classes = num_classes
+        self.timesteps = timesteps
+        self.randsteps = randsteps
+        self.time_difference = time_difference
+        self.sample_range = tuple(sample_range)
+        self.noise_schedule = noise_schedule
+        self.log_snr = get_log_snr_fn(noise_schedule)
+        self.diffusion = diffusion
+        self.accumulation = accumulation
+        self.align_corners = align_corners
+        channels = decode_head.in_channels
+        self.label_encoder = LabelEncoder(num_classes, channels, bit_scale, ignore_index)
+        self.transform = nn.Conv2d(channels * 2, channels, 1)
+        self.time_mlp = TimeEmbedding(channels * 4, learned_sinusoidal_dim)
+
+    @property
+    def bit_scale(self) -> float:
+        return self.label_encoder.bit_scale
+
+    # ------------------------------------------------------------------ features
+    def extract_feat(self, img: Tensor) -> Tensor:
+        """Normalised images (B, 3, H, W) → fused features (B, C, H/4, W/4)."""
+        return self.neck(self.backbone(img))
+
+    def _denoise_logits(self, x: Tensor, mask_t: Tensor, log_snr: Tensor) -> Tensor:
+        """One decoder pass: logits at 1/4 size for the noisy map ``mask_t`` at noise level ``log_snr``."""
+        feat = self.transform(torch.cat([x, mask_t], dim=1))
+        return self.decode_head(feat, self.time_mlp(log_snr))
+
+    # ------------------------------------------------------------------ training
+    def forward_train(
+        self, img: Tensor, gt_semantic_seg: Tensor, *, times: Optional[Tensor] = None, noise: Optional[Tensor] = None
+    ) -> Dict[str, Tensor]:
+        """Losses for a batch: the encoded ground truth, noised at t ~ U(sample_range), denoised once.
+
+        Args:
+            img: normalised images (B, 3, H, W).
+            gt_semantic_seg: labels (B, 1, H, W), 255 = ignore.
+            times, noise: optional fixed draws (B,) and (B, C, H/4, W/4); drawn from torch's RNG otherwise
+                (in this order, as the original does).
+
+        Returns:
+            ``decode.loss_ce``, ``decode.acc_seg`` and, with an auxiliary head, ``aux.loss_ce``, ``aux.acc_seg``.
+        """
+        x = self.extract_feat(img)
+        gt_down = F.interpolate(gt_semantic_seg.float(), size=x.shape[2:], mode="nearest").long().squeeze(1)
+        clean = self.label_encoder(gt_down)
+        if times is None:
+            times = self.draw_times(x.shape[0], x.device)
+        if noise is None:
+            noise = torch.randn_like(clean)
+        return self._denoising_losses(x, clean, times, noise, gt_semantic_seg)
+
+    def draw_times(self, batch: int, device: torch.device) -> Tensor:
+        return torch.zeros((batch,), device=device).float().uniform_(*self.sample_range)
+
+    def _denoising_losses(
+        self, x: Tensor, clean: Tensor, times: Tensor, noise: Tensor, gt_semantic_seg: Tensor
+    ) -> Dict[str, Tensor]:
+        log_snr = self.log_snr(times)
+        alpha, sigma = log_snr_to_alpha_sigma(right_pad_dims_to(clean, log_snr))
+        noised = alpha * clean + sigma * noise
+        logits = self._denoise_logits(x, noised, log_snr)
+        losses = {f"decode.{k}": v for k, v in self.decode_head.loss(logits, gt_semantic_seg).items()}
+        if self.auxiliary_head is not None:
+            aux = self.auxiliary_head.loss(self.auxiliary_head(x), gt_semantic_seg)
+            losses.update({f"aux.{k}": v for k, v in aux.items()})
+        return losses
+
+    # ------------------------------------------------------------------ sampling
+    def sampling_schedule(self, steps: int) -> List[Tuple[float, float]]:
+        return sampling_time_pairs(steps, self.time_difference, self.sample_range[0])
+
+    @torch.no_grad()
+    def sample_features(
+        self,
+        x: Tensor,
+        steps: Optional[int] = None,
+        noise: Optional[Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        trace: Optional[SamplerTrace] = None,
+    ) -> Tensor:
+        """Run the sampler on precomputed features x (B, C, h, w) → logits or probabilities (B, K, h, w).
+
+        ``noise`` is the initial map (randsteps·B, C, h, w), repeat index outermost as in the original;
+        without it, it is drawn from ``generator`` (or torch's global RNG).
+        """
+        steps = self.timesteps if steps is None else int(steps)
+        batch, channels, h, w = x.shape
+        reps = self.randsteps
+        shape = (reps * batch, channels, h, w)
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {shape} (randsteps·B, C, H/4, W/4), got {tuple(noise.shape)}")
+        x = x.repeat(reps, 1, 1, 1) if reps > 1 else x
+        mask_t = noise.to(device=x.device, dtype=x.dtype)
+        probs: List[Tensor] = []
+        logits = mask_t.new_empty(0)
+        for t_now, t_next in self.sampling_schedule(steps):
+            times = time_tensor([t_now, t_next], x.device)
+            log_snr, log_snr_next = self.log_snr(times).split(1)
+            logits = self._denoise_logits(x, mask_t, log_snr)
+            labels = logits.argmax(dim=1)
+            mask_pred = self.label_encoder(labels)
+            if self.diffusion == "ddim":
+                mask_t = ddim_step(mask_t, mask_pred, log_snr, log_snr_next)
+            else:
+                mask_t = ddpm_step(mask_t, mask_pred, log_snr, log_snr_next, times[1:], generator)
+            if self.accumulation:
+                probs.append(logits.softmax(1))
+            if trace is not None:
+                trace.logits.append(logits)
+                trace.labels.append(labels)
+        out = torch.stack(probs) if self.accumulation else logits[None]
+        return out.reshape(-1, batch, *out.shape[2:]).mean(0)
+
+    @torch.no_grad()
+    def sample_logits(
+        self,
+        img: Tensor,
+        steps: Optional[int] = None,
+        noise: Optional[Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        trace: Optional[SamplerTrace] = None,
+    ) -> Tensor:
+        """Normalised images (B, 3, H, W) → logits (B, num_classes, H, W), like the original's ``encode_decode``.
+
+        With ``accumulation`` the output is the mean of the steps' softmax probabilities instead.
+        """
+        out = self.sample_features(self.extract_feat(img), steps, noise, generator, trace)
+        return F.interpolate(out, size=img.shape[2:], mode="bilinear", align_corners=self.align_corners)
+
+
+class SelfAlignedDDP(DDP):
+    """DDP fine-tuned on its own predictions ("self-aligned denoising").
+
+    Instead of the ground truth, the map that gets noised is the model's one-step prediction from pure
+    noise at t = 1 (made without gradients); the same noise draw is reused to noise it.
+    """
+
+    def forward_train(
+        self, img: Tensor, gt_semantic_seg: Tensor, *, times: Optional[Tensor] = None, noise: Optional[Tensor] = None
+    ) -> Dict[str, Tensor]:
+        x = self.extract_feat(img)
+        if noise is None:
+            noise = torch.randn_like(x)
+        with torch.no_grad():
+            log_snr_1 = self.log_snr(torch.ones((x.shape[0],), device=x.device).float())
+            preds = self._denoise_logits(x, noise, log_snr_1).argmax(dim=1)
+        clean = self.label_encoder(preds)
+        if times is None:
+            times = self.draw_times(x.shape[0], x.device)
+        return self._denoising_losses(x, clean, times, noise, gt_semantic_seg)

@@ -1,0 +1,60 @@
+"""Behaviour of the segmentor beyond the golden set: batches, sizes, generators, training modes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddpseg.models.build import build_model
+
+
+def test_a_batch_of_two_equals_each_image_alone(mini_model):
+    gen = torch.Generator().manual_seed(0)
+    imgs = torch.randn(2, 3, 64, 96, generator=gen)
+    noise = torch.randn(2, 64, 16, 24, generator=gen)
+    both = mini_model.sample_logits(imgs, steps=2, noise=noise)
+    for i in range(2):
+        alone = mini_model.sample_logits(imgs[i : i + 1], steps=2, noise=noise[i : i + 1])
+        torch.testing.assert_close(both[i : i + 1], alone, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("size,feat", [((120, 200), (30, 50)), ((130, 171), (32, 42))])
+def test_any_input_size_gives_full_size_logits(mini_model, size, feat):
+    img = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        assert tuple(mini_model.extract_feat(img).shape[2:]) == feat
+    out = mini_model.sample_logits(img, steps=1, generator=torch.Generator().manual_seed(1))
+    assert out.shape == (1, 19, *size)
+
+
+def test_a_generator_makes_sampling_reproducible_and_noise_shape_is_checked(mini_model):
+    img = torch.randn(1, 3, 64, 64)
+    a = mini_model.sample_logits(img, steps=2, generator=torch.Generator().manual_seed(3))
+    b = mini_model.sample_logits(img, steps=2, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="noise must have shape"):
+        mini_model.sample_logits(img, steps=1, noise=torch.randn(1, 64, 8, 8))
+
+
+def test_accumulation_randsteps_and_ddpm_produce_probabilities_of_the_right_shape(mini_model_cfg):
+    cfg = dict(mini_model_cfg, accumulation=True, randsteps=2, diffusion="ddpm")
+    model = build_model(cfg).eval()
+    out = model.sample_logits(torch.randn(2, 3, 64, 64), steps=3, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 19, 64, 64)
+    torch.testing.assert_close(out.sum(1), torch.ones(2, 64, 64), rtol=0, atol=1e-5)
+
+
+def test_training_backpropagates_into_every_trainable_part(mini_model_cfg):
+    for kind in ("DDP", "SelfAlignedDDP"):
+        model = build_model(dict(mini_model_cfg, type=kind)).train()
+        gt = torch.randint(0, 19, (2, 1, 64, 64))
+        gt[:, :, :4] = 255
+        losses = model.forward_train(torch.randn(2, 3, 64, 64), gt)
+        total = sum(v for k, v in losses.items() if "loss" in k)
+        total.backward()
+        assert torch.isfinite(total)
+        for name in ("backbone.downsample_layers.0.0.weight", "neck.merge.conv.conv.weight", "transform.weight",
+                     "time_mlp.fc1.weight", "decode_head.layers.0.attn.value_proj.weight", "auxiliary_head.conv_seg.weight",
+                     "label_encoder.embedding.weight"):  # fmt: skip
+            grad = dict(model.named_parameters())[name].grad
+            assert grad is not None and grad.abs().sum() > 0, f"{kind}: no gradient for {name}"
