@@ -1,0 +1,89 @@
+"""State-dict layout of both backbones against the original DDP models (tests/fixtures/keys/*.json)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpseg.models.backbones import ConvNeXt, SwinTransformer
+
+KEYS_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "keys"
+
+
+def _convnext(arch: str) -> dict:
+    # the backbone dict of configs/cityscapes/ddp_convnext_*.py, minus type and init_cfg
+    return dict(
+        arch=arch,
+        out_indices=[0, 1, 2, 3],
+        drop_path_rate=0.4 if arch != "small" else 0.3,
+        layer_scale_init_value=1.0,
+        gap_before_final_norm=False,
+    )
+
+
+def _swin(embed_dims: int, depths: list, num_heads: list, window_size: int, pretrain_img_size: int) -> dict:
+    # the backbone dict of configs/ade/ddp_swin_*.py, minus type and init_cfg
+    return dict(
+        pretrain_img_size=pretrain_img_size,
+        in_channels=3,
+        embed_dims=embed_dims,
+        patch_size=4,
+        window_size=window_size,
+        mlp_ratio=4,
+        depths=depths,
+        num_heads=num_heads,
+        strides=(4, 2, 2, 2),
+        out_indices=(0, 1, 2, 3),
+        qkv_bias=True,
+        qk_scale=None,
+        patch_norm=True,
+        drop_rate=0.0,
+        attn_drop_rate=0.0,
+        drop_path_rate=0.3,
+        use_abs_pos_embed=False,
+        act_cfg=dict(type="GELU"),
+        norm_cfg=dict(type="LN", requires_grad=True),
+    )
+
+
+CONFIGS = {
+    "ddp_convnext_t_4x4_512x1024_160k_cityscapes": (ConvNeXt, _convnext("tiny")),
+    "ddp_convnext_t_4x4_512x1024_5k_cityscapes_aligned": (ConvNeXt, _convnext("tiny")),
+    "ddp_convnext_s_4x4_512x1024_160k_cityscapes": (ConvNeXt, _convnext("small")),
+    "ddp_convnext_b_4x4_512x1024_160k_cityscapes": (ConvNeXt, _convnext("base")),
+    "ddp_convnext_l_4x4_512x1024_160k_cityscapes": (ConvNeXt, _convnext("large")),
+    "ddp_convnext_l_4x4_512x1024_5k_cityscapes_aligned": (ConvNeXt, _convnext("large")),
+    "ddp_swin_t_2x8_512x512_160k_ade20k": (SwinTransformer, _swin(96, [2, 2, 6, 2], [3, 6, 12, 24], 7, 224)),
+    "ddp_swin_s_2x8_512x512_160k_ade20k": (SwinTransformer, _swin(96, [2, 2, 18, 2], [3, 6, 12, 24], 7, 224)),
+    "ddp_swin_b_2x8_512x512_160k_ade20k": (SwinTransformer, _swin(128, [2, 2, 18, 2], [4, 8, 16, 32], 12, 384)),
+    "ddp_swin_l_2x8_512x512_160k_ade20k": (SwinTransformer, _swin(192, [2, 2, 18, 2], [6, 12, 24, 48], 12, 384)),
+}
+
+
+def test_every_key_fixture_has_a_config_entry():
+    assert {p.stem.removeprefix("keys_") for p in KEYS_DIR.glob("keys_*.json")} == set(CONFIGS)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_state_dict_matches_original_keys_shapes_and_order(name):
+    fixture = json.loads((KEYS_DIR / f"keys_{name}.json").read_text())
+    expected = [
+        (key[len("backbone."):], tuple(shape), fixture["state_dict_dtypes"].get(key, "float32"))  # only non-float32 listed
+        for key, shape in fixture["state_dict"].items()
+        if key.startswith("backbone.")
+    ]
+    cls, kwargs = CONFIGS[name]
+    with torch.device("meta"):
+        model = cls(**kwargs)
+    got = [(k, tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()]
+    assert {k for k, _, _ in got} ^ {k for k, _, _ in expected} == set()
+    assert got == expected
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_feature_channels_are_the_out_norm_widths(name):
+    cls, kwargs = CONFIGS[name]
+    with torch.device("meta"):
+        model = cls(**kwargs)
+    assert model.feature_channels == [getattr(model, f"norm{i}").weight.shape[0] for i in range(4)]
