@@ -69,10 +69,11 @@ def is_official_state_dict(keys) -> bool:
 
 
 def convert_key(key: str) -> str:
+    """Our name for an official key; unknown keys come back unchanged (and are then reported as unexpected)."""
     for pattern, replacement in _RULES:
         if pattern.match(key):
             return pattern.sub(replacement, key)
-    raise CheckpointError(f"official checkpoint key {key!r} has no ddpseg counterpart")
+    return key
 
 
 def convert_official_state_dict(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
@@ -174,9 +175,16 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_ddpseg_checkpoint(
-    model_or_state: Union[nn.Module, Mapping[str, Tensor]], out: PathLike, config_text: Optional[str] = None, meta: Optional[Dict[str, Any]] = None
+    model_or_state: Union[nn.Module, Mapping[str, Tensor]],
+    out: PathLike,
+    config: Optional[Mapping[str, Any]] = None,
+    meta: Optional[Dict[str, Any]] = None,
 ) -> Path:
-    """Write ``OUT.safetensors`` (weights + metadata) and, with a config, ``OUT.py`` beside it; atomically."""
+    """Write ``OUT.safetensors`` and, with a config, a readable ``OUT.py`` beside it; both atomically.
+
+    The safetensors metadata carries the config text (read back by parsing, never by executing it, see
+    :mod:`ddpseg.safe_config`) and ``meta`` (class names, palette, provenance) as JSON.
+    """
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -184,11 +192,19 @@ def save_ddpseg_checkpoint(
         out = out.with_suffix("")
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else dict(model_or_state)
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    metadata = {"format": "ddpseg", "meta": json.dumps(meta or {}, default=str)}
-    if config_text is not None:
-        metadata["config"] = config_text
+    meta = dict(meta or {})
+    metadata = {"format": "ddpseg", "meta": json.dumps(meta, default=str)}
+    for key in ("CLASSES", "PALETTE"):
+        if meta.get(key) is not None:
+            metadata[key] = json.dumps(list(meta[key]), default=list)
+    text = None
+    if config is not None:
+        from .config import Config
+
+        text = (config if isinstance(config, Config) else Config(dict(config))).pretty_text
+        metadata["config"] = text
     weights = out.parent / (out.name + ".safetensors")
     _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata=metadata))
-    if config_text is not None:
-        _atomic_write(out.parent / (out.name + ".py"), lambda tmp: Path(tmp).write_text(config_text))
+    if text is not None:
+        _atomic_write(out.parent / (out.name + ".py"), lambda tmp: Path(tmp).write_text(text))
     return weights

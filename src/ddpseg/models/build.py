@@ -6,12 +6,12 @@ unknown keys are errors that name the section and the key.
 
 from __future__ import annotations
 
-import difflib
 import math
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 from torch import nn
 
+from ..config import ConfigError, check_keys
 from .heads import DeformableHeadWithTime, FCNHead
 from .necks import FPN, DDPNeck, MultiStageMerging
 from .segmentor import DDP, SelfAlignedDDP
@@ -19,17 +19,11 @@ from .segmentor import DDP, SelfAlignedDDP
 __all__ = ["build_model", "build_backbone", "ModelConfigError", "BACKBONES", "SEGMENTORS"]
 
 
-class ModelConfigError(ValueError):
-    """A model config section has an unknown type, an unknown key or an unsupported value."""
+class ModelConfigError(ConfigError):
+    """A model config section has an unknown type, a missing key or an unsupported value."""
 
 
-def _check_keys(section: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
-    allowed = set(allowed)
-    for key in section:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ModelConfigError(f"{where}: unknown key {key!r}{hint}; allowed: {sorted(allowed)}")
+_check_keys = check_keys
 
 
 def _require(section: Mapping[str, Any], key: str, where: str) -> Any:
