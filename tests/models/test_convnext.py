@@ -216,3 +216,10 @@ def test_missing_file_and_non_tensor_input_raise_clear_errors(tmp_path):
         load_pretrained(ConvNeXt(**MINI), tmp_path / "nope.pth")
     with pytest.raises(ValueError, match="no tensors"):
         convert_pretrained({"meta": {"epoch": 3}})
+
+
+def test_norm_requires_grad_false_freezes_only_the_configured_norms():
+    model = ConvNeXt(**MINI, norm_cfg=dict(type="LN2d", eps=1e-6, requires_grad=False))
+    assert not model.downsample_layers[0][1].weight.requires_grad
+    assert not model.stages[1][0].norm.weight.requires_grad and not model.norm2.bias.requires_grad
+    assert model.downsample_layers[2][0].weight.requires_grad  # the downsampling norms ignore norm_cfg

@@ -176,9 +176,10 @@ class ConvNeXt(nn.Module):
             first_block += depth
             if i in self.out_indices:
                 self.add_module(f"norm{i}", LayerNorm2d(channels, eps=eps))
-        if not norm_grad:
+        if not norm_grad:  # as mmcv's build_norm_layer: only the norms built from norm_cfg
+            downsample_norms = {id(layer[0]) for layer in self.downsample_layers[1:]}
             for module in self.modules():
-                if isinstance(module, nn.LayerNorm):
+                if isinstance(module, nn.LayerNorm) and id(module) not in downsample_norms:
                     module.requires_grad_(False)
         self._freeze_stages()
 

@@ -71,10 +71,12 @@ def unwrap_state_dict(obj: Mapping[str, Any], source: str = "state dict") -> dic
 
 
 def source_name(src: StateDictSource) -> str:
+    """How a weight source is named in reports: its path, or ``<state dict>``."""
     return str(src) if isinstance(src, (str, PathLike)) else "<state dict>"
 
 
 def read_source(src: StateDictSource) -> Mapping[str, Any]:
+    """The checkpoint behind a path, or the given mapping unchanged."""
     return read_checkpoint(src) if isinstance(src, (str, PathLike)) else src
 
 
