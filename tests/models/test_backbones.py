@@ -87,3 +87,14 @@ def test_feature_channels_are_the_out_norm_widths(name):
     with torch.device("meta"):
         model = cls(**kwargs)
     assert model.feature_channels == [getattr(model, f"norm{i}").weight.shape[0] for i in range(4)]
+
+
+def test_package_load_pretrained_dispatches_on_the_backbone_type():
+    from ddpseg.models.backbones import load_pretrained
+
+    convnext = ConvNeXt(arch=dict(depths=[1, 1, 1, 1], channels=[8, 16, 32, 64]), out_indices=[0, 1, 2, 3])
+    swin = SwinTransformer(embed_dims=8, depths=[2, 2, 2, 2], num_heads=[1, 1, 1, 1], window_size=4)
+    for model in (convnext, swin):
+        assert load_pretrained(model, {"model": model.state_dict()}, strict=True).complete
+    with pytest.raises(TypeError, match="no converter for Linear"):
+        load_pretrained(torch.nn.Linear(2, 2), {})
