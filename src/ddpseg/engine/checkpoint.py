@@ -1,0 +1,474 @@
+"""Checkpoint files: atomic writes, the ``latest`` pointer, keep-last-K, and loading of every accepted format.
+
+One checkpoint named ``<name>`` (``iter_<N>`` or ``best_<metric>_iter_<N>``) in the work dir is three files, each
+written to a temporary file in the same directory, fsynced, then renamed into place, in this order:
+
+1. ``<name>.safetensors`` — model weights (``state_dict`` of the bare model, CPU tensors).
+2. ``<name>.state.pt``    — training state (optimizer, schedule, grad scaler, RNG states of every rank, data
+   iterator state), plain tensors and containers only: it loads with ``torch.load(weights_only=True)``.
+3. ``<name>.json``        — readable metadata: format, iteration, versions, config text, model config section,
+   mmseg-style ``meta``. Its presence marks the checkpoint complete.
+
+``latest.json`` (``{"iter": N, "checkpoint": "iter_N.json"}``) is replaced last, so a process killed at any moment
+leaves the previous checkpoint named by ``latest.json`` intact and loadable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import time
+import urllib.parse
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+import ddpseg
+
+FORMAT = "ddpseg-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS_SUFFIX = ".safetensors"
+STATE_SUFFIX = ".state.pt"
+META_SUFFIX = ".json"
+LATEST_NAME = "latest.json"
+_ITER_NAME = re.compile(r"^iter_(\d+)$")
+
+PathLike = Union[str, os.PathLike]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written, found, read, or does not fit the model."""
+
+
+# ---------------------------------------------------------------------------------------------- atomic writing
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    if os.name != "posix":  # directories cannot be opened for fsync on Windows
+        return
+    _fsync_path(directory)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write ``path`` via ``write(temp_path)`` + fsync + rename, so ``path`` is either the old or the new file.
+
+    A failure (full disk, file-size limit, read-only or missing directory) becomes a :class:`CheckpointError`
+    naming ``path``; the temporary file is removed and ``path`` is untouched.
+    """
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        write(tmp)
+        _fsync_path(tmp)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException as err:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(err, Exception) and not isinstance(err, CheckpointError):
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else err
+            raise CheckpointError(f"could not write {path}: {reason}") from err
+        raise
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+
+    atomic_write(path, write)
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def to_jsonable(obj: Any, where: str = "value") -> Any:
+    """``obj`` with tuples as lists and numpy/torch scalars as Python numbers; other types raise."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (np.generic,)):
+        return obj.item()
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return obj.item()
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    raise TypeError(f"{where} is a {type(obj).__name__}, which cannot be stored in checkpoint JSON metadata")
+
+
+def check_plain(obj: Any, where: str = "state") -> None:
+    """Raise unless ``obj`` holds only tensors, numbers, strings, None and lists/tuples/dicts of them, i.e. what
+    ``torch.load(weights_only=True)`` reads back without unpickling arbitrary objects."""
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor, torch.dtype)):
+        return
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"{where} has a key of type {type(k).__name__}; only str/int keys are stored")
+            check_plain(v, f"{where}[{k!r}]")
+        return
+    if isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            check_plain(v, f"{where}[{i}]")
+        return
+    raise TypeError(f"{where} is a {type(obj).__name__}; training state may hold only tensors and plain containers")
+
+
+# ---------------------------------------------------------------------------------------------- saving
+def _weights_for_safetensors(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    seen_storage: set[int] = set()
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"state_dict[{key!r}] is a {type(value).__name__}; only tensors can be saved as weights")
+        tensor = value.detach().to("cpu").contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        # safetensors refuses tensors that share memory (tied weights, views): store such entries as copies.
+        if storage in seen_storage and tensor.numel() > 0:
+            tensor = tensor.clone()
+        seen_storage.add(tensor.untyped_storage().data_ptr())
+        tensors[key] = tensor
+    return tensors
+
+
+def checkpoint_paths(work_dir: PathLike, name: str) -> dict[str, Path]:
+    base = Path(work_dir)
+    return {
+        "weights": base / f"{name}{WEIGHTS_SUFFIX}",
+        "state": base / f"{name}{STATE_SUFFIX}",
+        "meta": base / f"{name}{META_SUFFIX}",
+    }
+
+
+def save_checkpoint(
+    work_dir: PathLike,
+    name: str,
+    *,
+    state_dict: Mapping[str, torch.Tensor],
+    iteration: int,
+    training_state: Optional[Mapping[str, Any]] = None,
+    config_text: Optional[str] = None,
+    model_config: Any = None,
+    meta: Optional[Mapping[str, Any]] = None,
+) -> Path:
+    """Write checkpoint ``name`` into ``work_dir`` (weights, then training state, then metadata); returns the
+    metadata path. Does not touch ``latest.json`` (see :func:`update_latest`)."""
+    work_dir = Path(work_dir)
+    if not work_dir.is_dir():
+        raise CheckpointError(f"checkpoint directory {work_dir} does not exist or is not a directory")
+    paths = checkpoint_paths(work_dir, name)
+    if training_state is not None:
+        check_plain(training_state, "training_state")
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "iter": int(iteration),
+        "ddpseg_version": ddpseg.__version__,
+        "torch_version": torch.__version__,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "weights": paths["weights"].name,
+        "state": paths["state"].name if training_state is not None else None,
+        "config": config_text,
+        "model_config": to_jsonable(model_config, "model_config"),
+        "meta": to_jsonable(dict(meta or {}), "meta"),
+    }
+    tensors = _weights_for_safetensors(state_dict)
+    atomic_write(
+        paths["weights"],
+        lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", "ddpseg_iter": str(int(iteration))}),
+    )
+    if training_state is not None:
+        atomic_write(paths["state"], lambda tmp: torch.save(dict(training_state), tmp))
+    _write_json(paths["meta"], metadata)
+    return paths["meta"]
+
+
+def update_latest(work_dir: PathLike, name: str, iteration: int) -> None:
+    """Point ``latest.json`` at checkpoint ``name`` (written last, after the checkpoint is complete)."""
+    _write_json(Path(work_dir) / LATEST_NAME, {"iter": int(iteration), "checkpoint": f"{name}{META_SUFFIX}"})
+
+
+def find_latest(work_dir: PathLike) -> Optional[Path]:
+    """Metadata path of the checkpoint ``latest.json`` names, or None when the work dir has no ``latest.json``."""
+    pointer = Path(work_dir) / LATEST_NAME
+    if not pointer.is_file():
+        return None
+    try:
+        target = Path(work_dir) / json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{pointer} is not a valid latest-checkpoint pointer: {err}") from err
+    if not target.is_file():
+        raise CheckpointError(f"{pointer} names {target.name}, which does not exist")
+    return target
+
+
+def remove_checkpoint(work_dir: PathLike, name: str) -> None:
+    """Delete checkpoint ``name``, metadata first, so a partial deletion never looks like a complete checkpoint."""
+    paths = checkpoint_paths(work_dir, name)
+    for key in ("meta", "state", "weights"):
+        paths[key].unlink(missing_ok=True)
+
+
+def prune_checkpoints(work_dir: PathLike, keep: int) -> list[str]:
+    """Keep the ``keep`` newest ``iter_<N>`` checkpoints (all when ``keep <= 0``); never the one ``latest.json``
+    names, never ``best_*``. Returns the removed names."""
+    if keep <= 0:
+        return []
+    work_dir = Path(work_dir)
+    latest = find_latest(work_dir)
+    protected = latest.name[: -len(META_SUFFIX)] if latest is not None else None
+    names = {p.name.split(".")[0] for p in work_dir.glob("iter_*") if p.is_file()}
+    iters = sorted((int(m.group(1)), n) for n in names if (m := _ITER_NAME.match(n)))
+    removed = []
+    for _, name in iters[:-keep]:
+        if name != protected:
+            remove_checkpoint(work_dir, name)
+            removed.append(name)
+    return removed
+
+
+def remove_stale_temporaries(work_dir: PathLike) -> None:
+    """Delete temporary files a killed writer left behind (``.<name>.<pid>.tmp``)."""
+    for tmp in Path(work_dir).glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+# mmseg stores e.g. the best mIoU as a numpy scalar in ``meta``; these rebuild numpy scalars/arrays only.
+def _numpy_safe_globals() -> list[Any]:
+    multiarray = getattr(np, "_core", None) or np.core
+    dtypes = [type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.uint8, np.bool_)]
+    return [multiarray.multiarray.scalar, multiarray.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
+def torch_load(path: PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU, also allowing numpy scalars found in mmseg checkpoints."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        try:
+            with torch.serialization.safe_globals(_numpy_safe_globals()):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise CheckpointError(
+                f"{path} holds objects that weights-only loading refuses (pickled classes); re-save it as a plain "
+                f"state dict. Details: {err}"
+            ) from err
+    except (OSError, RuntimeError) as err:
+        raise CheckpointError(f"could not read checkpoint {path}: {err}") from err
+
+
+def _download(url: str) -> Path:
+    """Fetch ``url`` once into torch's hub cache (``$TORCH_HOME/hub/checkpoints``)."""
+    filename = Path(urllib.parse.urlparse(url).path).name
+    target = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(target), progress=True)
+    return target
+
+
+def _resolve_ddpseg_meta(path: Path) -> Optional[Path]:
+    """The ``.json`` metadata of our format that ``path`` refers to, or None for a foreign file."""
+    if path.is_dir():
+        latest = find_latest(path)
+        if latest is None:
+            raise CheckpointError(f"{path} is a directory without {LATEST_NAME}; name a checkpoint file")
+        return latest
+    if path.name == LATEST_NAME:
+        return find_latest(path.parent)
+    for suffix in (META_SUFFIX, WEIGHTS_SUFFIX, STATE_SUFFIX):
+        if path.name.endswith(suffix):
+            candidate = path.with_name(path.name[: -len(suffix)] + META_SUFFIX)
+            return candidate if candidate.is_file() else None
+    candidate = path.with_name(path.name + META_SUFFIX)
+    return candidate if candidate.is_file() else None
+
+
+def _strip_module_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+
+
+def load_checkpoint(path: PathLike, *, with_training_state: bool = False) -> dict[str, Any]:
+    """Read a checkpoint onto the CPU.
+
+    Accepts our format (a work dir or its ``latest.json`` — the latest checkpoint —, or any of ``iter_N.json``,
+    ``iter_N.safetensors``, ``iter_N.state.pt``, ``iter_N``), a bare ``.safetensors`` file, a ``.pth``/``.pt``
+    file holding mmseg's ``{'meta', 'state_dict', 'optimizer'}`` or a plain state dict (read with
+    ``torch.load(weights_only=True)``; a ``module.`` prefix is removed), or an http(s) URL of one of those.
+
+    Returns ``{'state_dict', 'meta', 'iter', 'config', 'model_config', 'training_state', 'optimizer', 'path',
+    'format'}``; absent items are None (``meta`` is ``{}``). ``training_state`` is read only when asked for.
+    """
+    text = str(path)
+    if text.startswith(("http://", "https://")):
+        path = _download(text)
+    path = Path(path)
+    meta_path = _resolve_ddpseg_meta(path)
+    result: dict[str, Any] = dict.fromkeys(
+        ("state_dict", "iter", "config", "model_config", "training_state", "optimizer"), None
+    )
+    result["meta"] = {}
+    if meta_path is not None:
+        try:
+            metadata = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"could not read checkpoint metadata {meta_path}: {err}") from err
+        if metadata.get("format") != FORMAT:
+            raise CheckpointError(f"{meta_path} is not a {FORMAT} metadata file (format={metadata.get('format')!r})")
+        weights = meta_path.parent / metadata["weights"]
+        result.update(
+            state_dict=_load_safetensors(weights),
+            meta=metadata.get("meta") or {},
+            iter=metadata.get("iter"),
+            config=metadata.get("config"),
+            model_config=metadata.get("model_config"),
+            path=str(meta_path),
+            format="ddpseg",
+        )
+        if with_training_state:
+            if not metadata.get("state"):
+                raise CheckpointError(f"{meta_path} was saved without training state; it cannot be resumed from")
+            result["training_state"] = torch_load(meta_path.parent / metadata["state"])
+        return result
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if with_training_state:
+        raise CheckpointError(
+            f"{path} is not a ddpseg training checkpoint (iter_N.json/.safetensors/.state.pt); it has no training "
+            "state to resume from — load its weights with load_from instead"
+        )
+    result["path"] = str(path)
+    if path.suffix == WEIGHTS_SUFFIX:
+        result.update(state_dict=_load_safetensors(path), format="safetensors")
+        return result
+    obj = torch_load(path)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict")
+    if "state_dict" in obj:
+        state_dict, result["meta"], result["optimizer"] = obj["state_dict"], obj.get("meta") or {}, obj.get("optimizer")
+        result["iter"] = result["meta"].get("iter")
+    elif all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state_dict = obj
+    else:
+        raise CheckpointError(
+            f"{path} is neither a state dict nor a dict with 'state_dict'; its top-level keys are {sorted(obj)[:10]}"
+        )
+    result.update(state_dict=_strip_module_prefix(state_dict), format="pth")
+    return result
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for truncated or foreign files
+        raise CheckpointError(f"could not read weights {path}: {err}") from err
+
+
+# ---------------------------------------------------------------------------------------------- model fit
+def state_dict_mismatch(
+    model_state: Mapping[str, torch.Tensor], loaded: Mapping[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """``(missing, unexpected, mis-shaped)`` keys of ``loaded`` relative to ``model_state``."""
+    missing = [k for k in model_state if k not in loaded]
+    unexpected = [k for k in loaded if k not in model_state]
+    mis_shaped = [
+        f"{k}: checkpoint {tuple(loaded[k].shape)} vs model {tuple(model_state[k].shape)}"
+        for k in model_state
+        if k in loaded and tuple(loaded[k].shape) != tuple(model_state[k].shape)
+    ]
+    return missing, unexpected, mis_shaped
+
+
+def describe_mismatch(missing: list[str], unexpected: list[str], mis_shaped: list[str], limit: int = 20) -> str:
+    parts = []
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("mis-shaped", mis_shaped)):
+        if items:
+            shown = "\n    ".join(items[:limit])
+            more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
+            parts.append(f"  {title} ({len(items)}):\n    {shown}{more}")
+    return "\n".join(parts)
+
+
+def load_weights(
+    model: nn.Module,
+    source: Union[PathLike, Mapping[str, torch.Tensor]],
+    *,
+    strict: bool = True,
+    filter_fn: Optional[Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]] = None,
+) -> dict[str, Any]:
+    """Load weights (not training state) from a checkpoint path or a state dict into ``model``.
+
+    ``filter_fn(state_dict, model)`` may rename/convert keys first. With ``strict`` any missing, unexpected or
+    mis-shaped key raises a :class:`CheckpointError` listing them; otherwise matching entries are loaded and the
+    rest reported in a warning. Returns the loaded checkpoint dict (see :func:`load_checkpoint`).
+    """
+    if isinstance(source, Mapping):
+        checkpoint: dict[str, Any] = {"state_dict": dict(source), "meta": {}, "path": "<state dict>"}
+    else:
+        checkpoint = load_checkpoint(source)
+    state_dict = checkpoint["state_dict"]
+    if filter_fn is not None:
+        state_dict = filter_fn(state_dict, model)
+    missing, unexpected, mis_shaped = state_dict_mismatch(model.state_dict(), state_dict)
+    if missing or unexpected or mis_shaped:
+        report = describe_mismatch(missing, unexpected, mis_shaped)
+        message = f"weights in {checkpoint['path']} do not fit {type(model).__name__}:\n{report}"
+        if strict:
+            raise CheckpointError(message)
+        warnings.warn(message, stacklevel=2)
+    bad = set(unexpected) | {entry.split(":")[0] for entry in mis_shaped}
+    model.load_state_dict({k: v for k, v in state_dict.items() if k not in bad}, strict=False)
+    return checkpoint
+
+
+def config_diff(stored: Any, current: Any, where: str = "model") -> list[str]:
+    """Human-readable differences between two JSON-like config sections (``where`` prefixes each path)."""
+    if isinstance(stored, Mapping) and isinstance(current, Mapping):
+        diffs = []
+        for key in list(stored) + [k for k in current if k not in stored]:
+            if key not in current:
+                diffs.append(f"{where}.{key}: only in the checkpoint ({stored[key]!r})")
+            elif key not in stored:
+                diffs.append(f"{where}.{key}: not in the checkpoint (now {current[key]!r})")
+            else:
+                diffs.extend(config_diff(stored[key], current[key], f"{where}.{key}"))
+        return diffs
+    if stored != current:
+        return [f"{where}: {stored!r} in the checkpoint, {current!r} now"]
+    return []
+
+
+def check_resumable(checkpoint: Mapping[str, Any], model: nn.Module, model_config: Any) -> None:
+    """Refuse a checkpoint saved for another model: different ``model`` config section or state-dict layout."""
+    problems = []
+    stored_config = checkpoint.get("model_config")
+    if stored_config is not None and model_config is not None:
+        problems.extend(config_diff(stored_config, to_jsonable(model_config, "model_config")))
+    layout = describe_mismatch(*state_dict_mismatch(model.state_dict(), checkpoint["state_dict"]))
+    if layout:
+        problems.append("state dict layout differs:\n" + layout)
+    if problems:
+        raise CheckpointError(
+            f"refusing to resume from {checkpoint.get('path')}: it was saved for a different model config:\n  "
+            + "\n  ".join(problems)
+        )

@@ -1,0 +1,196 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ddpseg.engine.checkpoint import (
+    CheckpointError,
+    check_resumable,
+    find_latest,
+    load_checkpoint,
+    load_weights,
+    prune_checkpoints,
+    remove_stale_temporaries,
+    save_checkpoint,
+    update_latest,
+)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def write(work_dir: Path, n: int, *, latest: bool = True, size: int = 16, name: str = "") -> Path:
+    name = name or f"iter_{n}"
+    meta_path = save_checkpoint(
+        work_dir, name, state_dict={"w": torch.full((size,), float(n)), "b": torch.arange(3)}, iteration=n,
+        training_state={"optimizer": {"state": {0: {"step": torch.tensor(float(n))}}, "param_groups": []},
+                        "rng": [{"torch": torch.get_rng_state()}]},
+        config_text="model = dict(type='X')", model_config={"type": "X", "depths": (1, 2)},
+        meta={"CLASSES": ("a", "b"), "best": np.float64(0.5)},
+    )
+    if latest:
+        update_latest(work_dir, name, n)
+    return meta_path
+
+
+def test_round_trip_keeps_weights_metadata_and_weights_only_training_state(tmp_path):
+    write(tmp_path, 7)
+    ckpt = load_checkpoint(tmp_path / "iter_7.safetensors", with_training_state=True)
+    assert torch.equal(ckpt["state_dict"]["w"], torch.full((16,), 7.0))
+    assert ckpt["iter"] == 7 and ckpt["format"] == "ddpseg"
+    assert ckpt["config"] == "model = dict(type='X')"
+    assert ckpt["model_config"] == {"type": "X", "depths": [1, 2]}
+    assert ckpt["meta"] == {"CLASSES": ["a", "b"], "best": 0.5}
+    assert ckpt["training_state"]["optimizer"]["state"][0]["step"].item() == 7.0
+    # The state file is plain tensors and containers: the strict loader reads it without help.
+    torch.load(tmp_path / "iter_7.state.pt", weights_only=True)
+    metadata = json.loads((tmp_path / "iter_7.json").read_text())
+    assert metadata["torch_version"] == torch.__version__ and "ddpseg_version" in metadata
+
+
+def test_latest_pointer_resolves_from_the_work_dir_and_from_latest_json(tmp_path):
+    write(tmp_path, 1)
+    write(tmp_path, 2)
+    assert find_latest(tmp_path) == tmp_path / "iter_2.json"
+    assert load_checkpoint(tmp_path)["iter"] == 2
+    assert load_checkpoint(tmp_path / "latest.json")["iter"] == 2
+    assert load_checkpoint(tmp_path / "iter_1")["iter"] == 1
+    assert find_latest(tmp_path / "nothing_here") is None
+
+
+def test_keep_last_k_spares_latest_and_best(tmp_path):
+    for n in (1, 2, 3):
+        write(tmp_path, n)
+    write(tmp_path, 2, latest=False, name="best_mIoU_iter_2")
+    write(tmp_path, 4, latest=False)  # newer than latest (e.g. written, pointer not yet moved)
+    removed = prune_checkpoints(tmp_path, keep=1)
+    assert sorted(removed) == ["iter_1", "iter_2"]
+    remaining = sorted(p.name for p in tmp_path.iterdir())
+    assert "iter_3.json" in remaining and "iter_4.json" in remaining  # iter_3 is what latest.json names
+    assert "best_mIoU_iter_2.safetensors" in remaining
+    assert not any(name.startswith("iter_1") or name.startswith("iter_2") for name in remaining)
+
+
+def test_training_state_with_pickled_objects_is_refused_at_save_time(tmp_path):
+    with pytest.raises(TypeError, match=r"training_state\['data'\]\[0\] is a ndarray"):
+        save_checkpoint(tmp_path, "iter_1", state_dict={}, iteration=1, training_state={"data": [np.zeros(2)]})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_foreign_formats_load_weights_only(tmp_path):
+    fixture = load_checkpoint(FIXTURES / "mini_convnext.pth")  # the original's plain state dict
+    assert fixture["format"] == "pth" and len(fixture["state_dict"]) > 100
+    # mmseg's published layout, with DataParallel prefixes and a numpy scalar in meta.
+    weights = {"module.conv.weight": torch.ones(2, 2)}
+    torch.save({"meta": {"iter": 160000, "hook_msgs": {"best_score": np.float64(0.8)}}, "state_dict": weights,
+                "optimizer": {"state": {}, "param_groups": []}}, tmp_path / "mmseg.pth")
+    ckpt = load_checkpoint(tmp_path / "mmseg.pth")
+    assert list(ckpt["state_dict"]) == ["conv.weight"] and ckpt["iter"] == 160000
+    assert ckpt["meta"]["hook_msgs"]["best_score"] == pytest.approx(0.8)
+    from safetensors.torch import save_file
+
+    save_file({"conv.weight": torch.ones(2, 2)}, str(tmp_path / "bare.safetensors"))
+    assert load_checkpoint(tmp_path / "bare.safetensors")["format"] == "safetensors"
+    with pytest.raises(CheckpointError, match="missing.pth"):
+        load_checkpoint(tmp_path / "missing.pth")
+
+
+def test_load_weights_lists_missing_unexpected_and_misshaped_keys(tmp_path):
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    state = {"0.weight": torch.zeros(3, 2), "0.bias": torch.zeros(4), "9.weight": torch.zeros(1)}
+    with pytest.raises(CheckpointError) as info:
+        load_weights(model, state)
+    message = str(info.value)
+    assert "missing keys (2)" in message and "1.weight" in message
+    assert "unexpected keys (1)" in message and "9.weight" in message
+    assert "0.bias: checkpoint (4,) vs model (3,)" in message
+    with pytest.warns(UserWarning):
+        load_weights(model, state, strict=False)
+    assert torch.equal(model[0].weight, torch.zeros(3, 2))
+
+
+def test_resume_check_names_what_differs(tmp_path):
+    write(tmp_path, 1)
+    ckpt = load_checkpoint(tmp_path)
+    model = nn.Module()
+    model.w, model.b = nn.Parameter(torch.zeros(16)), nn.Parameter(torch.zeros(3))
+    check_resumable(ckpt, model, {"type": "X", "depths": [1, 2]})
+    with pytest.raises(CheckpointError, match=r"model.depths: \[1, 2\] in the checkpoint, \[1, 3\] now"):
+        check_resumable(ckpt, model, {"type": "X", "depths": (1, 3)})
+
+
+def test_unwritable_or_full_destination_raises_naming_the_path_and_keeps_the_previous_checkpoint(tmp_path):
+    resource = pytest.importorskip("resource")
+    write(tmp_path, 1)
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    with pytest.raises(CheckpointError, match=str(not_a_dir)):
+        write(not_a_dir, 2)
+    # A file-size limit makes the weights write fail like a full disk would.
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        with pytest.raises(CheckpointError, match=str(tmp_path / "iter_2.safetensors")):
+            write(tmp_path, 2, size=1 << 20)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert not (tmp_path / "iter_2.safetensors").exists()
+    assert load_checkpoint(tmp_path)["iter"] == 1
+
+
+KILLED_WRITER = r"""
+import os, sys, time
+import torch
+from ddpseg.engine import checkpoint as ck
+
+work_dir, pause_at = sys.argv[1], int(sys.argv[2])
+
+def save(n):
+    big = torch.full((1024, 1024), float(n))  # 4 MB
+    ck.save_checkpoint(work_dir, f"iter_{n}", state_dict={"w": big}, iteration=n,
+                       training_state={"optimizer": {"m": big.clone()}})
+    ck.update_latest(work_dir, f"iter_{n}", n)
+
+save(1)
+real_replace = os.replace
+calls = [0]
+
+def replace_then_hang(src, dst):
+    calls[0] += 1
+    if calls[0] == pause_at:  # the temp file is complete and fsynced; die before the rename
+        print("PAUSED", dst, flush=True)
+        time.sleep(120)
+    real_replace(src, dst)
+
+os.replace = replace_then_hang
+save(2)
+"""
+
+
+@pytest.mark.parametrize("pause_at", [1, 4], ids=["before-weights-rename", "before-latest-rename"])
+def test_kill_during_checkpoint_write_leaves_previous_checkpoint_loadable(tmp_path, pause_at):
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(tmp_path), str(pause_at)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("PAUSED"), proc.stderr.read()
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert list(tmp_path.glob(".*.tmp"))  # the kill left a temporary file
+    ckpt = load_checkpoint(tmp_path, with_training_state=True)
+    assert ckpt["iter"] == 1
+    assert torch.equal(ckpt["state_dict"]["w"], torch.full((1024, 1024), 1.0))
+    assert torch.equal(ckpt["training_state"]["optimizer"]["m"], torch.full((1024, 1024), 1.0))
+    remove_stale_temporaries(tmp_path)
+    assert not list(tmp_path.glob(".*.tmp"))
