@@ -1,0 +1,118 @@
+import json
+
+import pytest
+import torch
+
+from engine_toys import SimulatedKill, build_toy, make_loader_fn, scores_eval_fn, toy_config
+from ddpseg.engine.checkpoint import CheckpointError, load_checkpoint
+from ddpseg.engine.trainer import NonFiniteLossError, parse_losses, train
+
+SCORES = {4: 0.5, 8: 0.7, 12: 0.6, 16: 0.9}
+
+
+def run(cfg, work_dir, **kwargs):
+    kwargs.setdefault("tensorboard", False)
+    kwargs.setdefault("progress", False)
+    loader_fn = kwargs.pop("loader_fn", make_loader_fn())
+    return train(build_toy(cfg), cfg, loader_fn, work_dir=work_dir, seed=3, **kwargs)
+
+
+def assert_same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def test_interrupted_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path):
+    # Dropout (global RNG), random augmentation (loader), warm-up, grad clipping, an eval that draws random numbers.
+    cfg = toy_config(max_iters=8)
+    eval_fn = scores_eval_fn(SCORES)
+    straight = run(cfg, tmp_path / "straight", eval_fn=eval_fn)
+
+    with pytest.raises(SimulatedKill):
+        run(cfg, tmp_path / "resumed", eval_fn=eval_fn, loader_fn=make_loader_fn(kill_at=5))
+    assert load_checkpoint(tmp_path / "resumed")["iter"] == 4
+    resumed = run(cfg, tmp_path / "resumed", eval_fn=eval_fn, resume="auto")
+    assert_same_weights(straight, resumed)
+    straight_state = load_checkpoint(tmp_path / "straight", with_training_state=True)["training_state"]
+    resumed_state = load_checkpoint(tmp_path / "resumed", with_training_state=True)["training_state"]
+    assert torch.equal(straight_state["optimizer"]["state"][0]["exp_avg"], resumed_state["optimizer"]["state"][0]["exp_avg"])
+    assert torch.equal(straight_state["rng"][0]["torch"], resumed_state["rng"][0]["torch"])
+
+
+def test_training_writes_logs_metrics_best_and_last_k_checkpoints(tmp_path):
+    cfg = toy_config(max_iters=16, checkpoint_config=dict(by_epoch=False, interval=4, max_keep_ckpts=2))
+    run(cfg, tmp_path, eval_fn=scores_eval_fn(SCORES), tensorboard=True, meta={"CLASSES": ("a", "b", "c")})
+    names = sorted(p.name for p in tmp_path.glob("*.json"))
+    assert names == ["best_mIoU_iter_16.json", "iter_12.json", "iter_16.json", "latest.json"]
+    best = load_checkpoint(tmp_path / "best_mIoU_iter_16.json")
+    assert best["meta"]["hook_msgs"]["best_score"] == 0.9 and best["meta"]["CLASSES"] == ["a", "b", "c"]
+    assert load_checkpoint(tmp_path / "iter_12.json")["meta"]["hook_msgs"]["best_iter"] == 8
+
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["mode"] == "train"]
+    assert [r["iter"] for r in train_records] == list(range(2, 17, 2))
+    for key in ("lr", "loss", "decode.loss_ce", "decode.acc_seg", "aux.loss_ce", "aux.acc_seg", "grad_norm",
+                "time", "data_time", "memory"):
+        assert key in train_records[0], key
+    first = train_records[0]
+    assert first["loss"] == pytest.approx(first["decode.loss_ce"] + first["aux.loss_ce"], rel=1e-6)
+    assert [(r["iter"], r["mIoU"]) for r in records if r["mode"] == "val"] == sorted(SCORES.items())
+    assert len(list(tmp_path.glob("*.log"))) == 1
+    assert list((tmp_path / "tf_logs").iterdir())
+
+
+def test_non_finite_loss_stops_with_the_iteration_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = toy_config(max_iters=8, checkpoint_config=dict(by_epoch=False, interval=2), evaluation=None)
+    with pytest.raises(NonFiniteLossError, match=r"iteration 4.*iter_2\.json"):
+        run(cfg, tmp_path, loader_fn=make_loader_fn(nan_at=3))
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt["iter"] == 2
+    assert all(torch.isfinite(v.float()).all() for v in ckpt["state_dict"].values())
+
+
+def test_resume_refuses_a_checkpoint_of_another_model_config(tmp_path):
+    run(toy_config(max_iters=4, evaluation=None), tmp_path)
+    other = toy_config(max_iters=8, evaluation=None, model=dict(type="ToySegmentor", width=4, dropout=0.2))
+    with pytest.raises(CheckpointError, match=r"model\.width: 8 in the checkpoint, 4 now") as info:
+        run(other, tmp_path, resume="auto")
+    assert "stem.weight: checkpoint (8, 3, 3, 3) vs model (4, 3, 3, 3)" in str(info.value)
+
+
+def test_load_from_takes_weights_only_and_restarts_the_schedule(tmp_path):
+    cfg = toy_config(max_iters=4, evaluation=None)
+    first = run(cfg, tmp_path / "a")
+    model = build_toy(cfg, seed=99)
+    train(model, cfg, make_loader_fn(), work_dir=tmp_path / "b", load_from=tmp_path / "a" / "iter_4.json",
+          max_iters=1, tensorboard=False, progress=False)
+    assert not torch.equal(model.stem.weight, build_toy(cfg, seed=99).stem.weight)
+    assert load_checkpoint(tmp_path / "b")["iter"] == 1
+    torch.save({"stem.weight": first.stem.weight.detach()}, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match=r"missing keys \(11\)"):
+        run(cfg, tmp_path / "c", load_from=tmp_path / "partial.pth")
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    cfg = toy_config(max_iters=2, evaluation=None)
+    model = run(cfg, tmp_path, amp="bf16")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_unusable_work_dir_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CheckpointError, match=str(blocker / "run")):
+        run(toy_config(max_iters=2), blocker / "run")
+
+
+def test_parse_losses_sums_only_loss_entries_like_mmseg():
+    losses = {"decode.loss_ce": torch.tensor([1.0, 3.0]), "decode.acc_seg": torch.tensor(50.0),
+              "aux.loss_ce": [torch.tensor(0.5), torch.tensor([0.25, 0.75])]}
+    loss, log_vars = parse_losses(losses)
+    assert loss.item() == pytest.approx(2.0 + 1.0)
+    assert list(log_vars) == ["decode.loss_ce", "decode.acc_seg", "aux.loss_ce", "loss"]
+    with pytest.raises(ValueError, match="no entry"):
+        parse_losses({"acc": torch.tensor(1.0)})
+    with pytest.raises(TypeError, match="'decode.loss_ce'"):
+        parse_losses({"decode.loss_ce": 1.0})
