@@ -1,3 +1,4 @@
+import argparse
 import json
 import os
 import signal
@@ -99,6 +100,11 @@ def test_foreign_formats_load_weights_only(tmp_path):
     assert load_checkpoint(tmp_path / "bare.safetensors")["format"] == "safetensors"
     with pytest.raises(CheckpointError, match="missing.pth"):
         load_checkpoint(tmp_path / "missing.pth")
+    torch.save({"state_dict": weights, "meta": {"args": argparse.Namespace(lr=1)}}, tmp_path / "pickled.pth")
+    with pytest.raises(CheckpointError, match="weights-only"):
+        load_checkpoint(tmp_path / "pickled.pth")
+    with pytest.raises(CheckpointError, match="no training state"):
+        load_checkpoint(tmp_path / "mmseg.pth", with_training_state=True)
 
 
 def test_load_weights_lists_missing_unexpected_and_misshaped_keys(tmp_path):

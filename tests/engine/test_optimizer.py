@@ -111,3 +111,15 @@ def test_bad_optimizer_configs_raise_clear_errors():
         build_optimizer(model, dict(type="SGD", lr=1.0, paramwise_cfg=dict(custom_keys={"x": dict(decay_mult=0.0)})))
     with pytest.raises(ValueError, match="unknown keys"):
         build_optimizer(model, dict(type="SGD", lr=1.0, paramwise_cfg=dict(bias_lr_mul=2.0)))
+
+
+def test_param_name_fn_matches_custom_keys_against_the_original_names():
+    model = Net()
+    model.neck = nn.Module()
+    model.neck.norm = nn.GroupNorm(2, 8)  # ddpseg's name; the original called this module "gn"
+    cfg = dict(type="AdamW", lr=1.0, weight_decay=0.01, paramwise_cfg=dict(custom_keys={"norm": dict(decay_mult=0.0)}))
+    renamed = build_optimizer(model, cfg)
+    original = build_optimizer(model, cfg, param_name_fn=lambda name: name.replace("neck.norm.", "neck.gn."))
+    assert groups_by_name(model, renamed)["neck.norm.weight"]["weight_decay"] == 0.0
+    assert groups_by_name(model, original)["neck.norm.weight"]["weight_decay"] == 0.01
+    assert groups_by_name(model, original)["backbone.norm1.weight"]["weight_decay"] == 0.0

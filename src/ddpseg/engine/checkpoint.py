@@ -147,6 +147,18 @@ def _weights_for_safetensors(state_dict: Mapping[str, Any]) -> dict[str, torch.T
     return tensors
 
 
+def _safetensors_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """String header of the weights file, in the layout ``ddpseg convert`` writes (``format``, ``config``, JSON
+    ``meta``, ``CLASSES``, ``PALETTE``), so the ``.safetensors`` file alone is a usable inference checkpoint."""
+    header = {"format": "ddpseg", "iter": str(metadata["iter"]), "meta": json.dumps(metadata["meta"])}
+    if metadata["config"] is not None:
+        header["config"] = metadata["config"]
+    for key in ("CLASSES", "PALETTE"):
+        if metadata["meta"].get(key) is not None:
+            header[key] = json.dumps(metadata["meta"][key])
+    return header
+
+
 def checkpoint_paths(work_dir: PathLike, name: str) -> dict[str, Path]:
     base = Path(work_dir)
     return {
@@ -190,10 +202,8 @@ def save_checkpoint(
         "meta": to_jsonable(dict(meta or {}), "meta"),
     }
     tensors = _weights_for_safetensors(state_dict)
-    atomic_write(
-        paths["weights"],
-        lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", "ddpseg_iter": str(int(iteration))}),
-    )
+    header = _safetensors_metadata(metadata)
+    atomic_write(paths["weights"], lambda tmp: save_file(tensors, str(tmp), metadata=header))
     if training_state is not None:
         atomic_write(paths["state"], lambda tmp: torch.save(dict(training_state), tmp))
     _write_json(paths["meta"], metadata)
@@ -245,10 +255,11 @@ def prune_checkpoints(work_dir: PathLike, keep: int) -> list[str]:
 
 
 def remove_stale_temporaries(work_dir: PathLike) -> None:
-    """Delete temporary files a killed writer left behind (``.<name>.<pid>.tmp``)."""
-    for tmp in Path(work_dir).glob(".*.tmp"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
+    """Delete temporary files a killed checkpoint writer left behind (``.<file name>.<pid>.tmp``)."""
+    for suffix in (WEIGHTS_SUFFIX, STATE_SUFFIX, META_SUFFIX):
+        for tmp in Path(work_dir).glob(f".*{suffix}.*.tmp"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -262,17 +273,14 @@ def _numpy_safe_globals() -> list[Any]:
 def torch_load(path: PathLike) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU, also allowing numpy scalars found in mmseg checkpoints."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        try:
-            with torch.serialization.safe_globals(_numpy_safe_globals()):
-                return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise CheckpointError(
-                f"{path} holds objects that weights-only loading refuses (pickled classes); re-save it as a plain "
-                f"state dict. Details: {err}"
-            ) from err
-    except (OSError, RuntimeError) as err:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path} cannot be read with weights-only loading: it is corrupt, or holds pickled objects other than "
+            f"tensors and plain containers (re-save such a file as a plain state dict). Details: {err}"
+        ) from err
+    except (OSError, RuntimeError, EOFError) as err:
         raise CheckpointError(f"could not read checkpoint {path}: {err}") from err
 
 

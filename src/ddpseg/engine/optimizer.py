@@ -71,9 +71,17 @@ def _validate_paramwise(paramwise_cfg: Mapping[str, Any], base_wd: float | None)
 
 
 def build_param_groups(
-    model: nn.Module, base_lr: float, base_wd: float | None, paramwise_cfg: Mapping[str, Any]
+    model: nn.Module,
+    base_lr: float,
+    base_wd: float | None,
+    paramwise_cfg: Mapping[str, Any],
+    param_name_fn: Callable[[str], str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One group per parameter, in ``model.named_modules()`` order, with mmcv's paramwise rules applied."""
+    """One group per parameter, in ``model.named_modules()`` order, with mmcv's paramwise rules applied.
+
+    ``param_name_fn`` maps a parameter's name to the name ``custom_keys`` are matched against — e.g. its name in
+    the original code base where ddpseg renamed modules, so the original configs select the same parameters.
+    """
     _validate_paramwise(paramwise_cfg, base_wd)
     custom_keys = paramwise_cfg.get("custom_keys", {})
     # Alphabetical first, then a stable sort by length (longest first): equal lengths stay alphabetical.
@@ -102,6 +110,9 @@ def build_param_groups(
             seen.add(id(param))
             # mmcv matches against f"{prefix}.{name}", so top-level parameters are seen as ".name".
             full_name = f"{prefix}.{name}"
+            if param_name_fn is not None:
+                full_name = param_name_fn(f"{prefix}.{name}" if prefix else name)
+                full_name = full_name if "." in full_name else f".{full_name}"
             matched = next((key for key in sorted_keys if key in full_name), None)
             if matched is not None:
                 group["lr"] = base_lr * custom_keys[matched].get("lr_mult", 1.0)
@@ -125,11 +136,14 @@ def build_param_groups(
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, cfg: Mapping[str, Any], *, param_name_fn: Callable[[str], str] | None = None
+) -> torch.optim.Optimizer:
     """Build the optimizer described by ``cfg`` (the config's ``optimizer`` section) for ``model``.
 
     ``cfg`` holds ``type`` (one of :data:`OPTIMIZERS`), the optimizer's own keyword arguments (``lr``, ``betas``,
     ``weight_decay``, ``momentum``, ...) and optionally ``paramwise_cfg``. A DDP-wrapped model is unwrapped first.
+    ``param_name_fn``: see :func:`build_param_groups`.
     """
     if not isinstance(cfg, Mapping):
         raise TypeError(f"optimizer config must be a dict, got {type(cfg).__name__}")
@@ -146,7 +160,7 @@ def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Opt
     if not paramwise_cfg:
         params: Any = model.parameters()
     else:
-        params = build_param_groups(model, kwargs["lr"], kwargs.get("weight_decay"), paramwise_cfg)
+        params = build_param_groups(model, kwargs["lr"], kwargs.get("weight_decay"), paramwise_cfg, param_name_fn)
     try:
         return OPTIMIZERS[opt_type](params, **kwargs)
     except TypeError as err:

@@ -141,6 +141,7 @@ def train(
     max_iters: Optional[int] = None,
     meta: Optional[Mapping[str, Any]] = None,
     weights_filter: Optional[Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]] = None,
+    param_name_fn: Optional[Callable[[str], str]] = None,
     tensorboard: bool = True,
     progress: Optional[bool] = None,
 ) -> nn.Module:
@@ -163,6 +164,9 @@ def train(
             ``evaluation.interval`` iterations; rank 0's metrics are logged and drive ``save_best``.
         max_iters: overrides ``runner.max_iters`` (also the poly schedule's length).
         meta: mmseg-style metadata stored in each checkpoint (CLASSES, PALETTE, env_info, exp_name, ...).
+        weights_filter: ``(state_dict, model) -> state_dict`` applied to ``load_from`` weights (key conversion).
+        param_name_fn: names that ``optimizer.paramwise_cfg.custom_keys`` match (see ``build_param_groups``).
+        tensorboard, progress: TensorBoard scalars; tqdm bar (None: only on a terminal).
     """
     settings = parse_settings(cfg, max_iters)
     if amp not in (None, *AMP_DTYPES):
@@ -191,7 +195,7 @@ def train(
     elif load_from is not None:
         load_weights(model, load_from, filter_fn=weights_filter)
 
-    optimizer = build_optimizer(model, settings.optimizer)
+    optimizer = build_optimizer(model, settings.optimizer, param_name_fn=param_name_fn)
     schedule = PolyLrSchedule.from_config(settings.lr_config, initial_lrs(optimizer), settings.max_iters)
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
     start_iter, hook_msgs = 0, {}
