@@ -11,7 +11,6 @@ from ddpseg.data import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_PALETTE,
     ADE20KDataset,
-    CityscapesDataset,
     CustomDataset,
     DataError,
     build_dataloader,
