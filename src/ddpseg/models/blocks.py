@@ -49,7 +49,12 @@ def build_activation(cfg: Optional[dict]) -> Optional[nn.Module]:
 
 
 class ConvNormAct(nn.Module):
-    """Conv2d → optional norm → optional activation; the conv has a bias only when there is no norm."""
+    """Conv2d → optional norm → optional activation; the conv has a bias only when there is no norm.
+
+    The norm is registered as ``bn`` or ``gn`` (as mmcv names it), not ``norm``: the published optimizer
+    configs give zero weight decay to parameters whose name contains "norm", and the original's
+    GroupNorm/BatchNorm here are not among them.
+    """
 
     def __init__(
         self,
@@ -66,9 +71,14 @@ class ConvNormAct(nn.Module):
         self.conv = nn.Conv2d(
             in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=norm is None
         )
-        self.norm = norm if norm is not None else nn.Identity()
+        self.norm_name = "gn" if isinstance(norm, nn.GroupNorm) else "bn"
+        self.add_module(self.norm_name, norm if norm is not None else nn.Identity())
         act = build_activation(act_cfg)
         self.act = act if act is not None else nn.Identity()
+
+    @property
+    def norm(self) -> nn.Module:
+        return getattr(self, self.norm_name)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.norm(self.conv(x)))

@@ -132,10 +132,13 @@ class LabelEncoder(nn.Module):
         self.ignore_index = ignore_index
         self.embedding = nn.Embedding(num_classes + 1, channels)
 
-    def forward(self, labels: Tensor) -> Tensor:
+    def encode_tokens(self, labels: Tensor) -> Tensor:
+        """Class ids of any shape (…) → analog codes (…, C), channels last."""
         labels = labels.masked_fill(labels == self.ignore_index, self.num_classes)
-        emb = self.embedding(labels).permute(0, 3, 1, 2)
-        return (torch.sigmoid(emb) * 2 - 1) * self.bit_scale
+        return (torch.sigmoid(self.embedding(labels)) * 2 - 1) * self.bit_scale
+
+    def forward(self, labels: Tensor) -> Tensor:
+        return self.encode_tokens(labels).permute(0, 3, 1, 2)
 
 
 def ddim_step(

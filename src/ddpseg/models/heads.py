@@ -118,7 +118,7 @@ class DecoderLayer(nn.Module):
     def forward(self, x: Tensor, ctx: "DecoderContext", scale: Tensor, shift: Tensor) -> Tensor:
         x = self.norm1(x + self.attn_drop(self.attn(x, ctx.pos, ctx.ref_points, ctx.spatial_shapes)))
         x = self.norm2(self.ffn(x))
-        return x * (scale + 1) + shift
+        return torch.addcmul(shift, x, scale + 1)
 
 
 @dataclass
@@ -227,25 +227,28 @@ class DeformableHeadWithTime(nn.Module):
         return ctx
 
     def time_conditioning(self, time_emb: Tensor) -> List[Tuple[Tensor, Tensor]]:
-        """Per-layer (scale, shift) for a time embedding (B, time_dims)."""
+        """Per-layer (scale, shift), each (B or 1, 1, C), for a time embedding (B or 1, time_dims)."""
         return [layer.time_scale_shift(time_emb) for layer in self.layers]
 
-    def forward(self, x: Tensor, time_emb: Tensor, film: Optional[List[Tuple[Tensor, Tensor]]] = None) -> Tensor:
-        """x (B, C, H, W) and the time embedding (B or 1, time_dims) → logits (B, classes, H, W).
-
-        ``film`` may carry precomputed :meth:`time_conditioning` output (it depends on time only).
-        """
-        batch, channels, height, width = x.shape
-        ctx = self.context(height, width, x.device)
-        if film is None:
-            film = self.time_conditioning(time_emb)
-        pos = ctx.pos.to(x.dtype)
-        ctx = DecoderContext(ctx.spatial_shapes, pos, ctx.ref_points.to(x.dtype))
-        query = x.flatten(2).transpose(1, 2)
+    def forward_tokens(self, query: Tensor, height: int, width: int, film: List[Tuple[Tensor, Tensor]]) -> Tensor:
+        """The layers on a token map (B, H·W, C) with precomputed :meth:`time_conditioning`; returns (B, H·W, C)."""
+        ctx = self.context(height, width, query.device)
+        if ctx.pos.dtype != query.dtype:
+            ctx = DecoderContext(ctx.spatial_shapes, ctx.pos.to(query.dtype), ctx.ref_points.to(query.dtype))
         for layer, (scale, shift) in zip(self.layers, film):
             query = layer(query, ctx, scale, shift)
-        memory = query.transpose(1, 2).reshape(batch, channels, height, width)
-        return self.conv_seg(memory)
+        return query
+
+    def classify_tokens(self, memory: Tensor) -> Tensor:
+        """The 1×1 classifier on tokens: (B, Q, C) → (B, Q, classes)."""
+        weight = self.conv_seg.weight
+        return F.linear(memory, weight.view(weight.shape[0], -1), self.conv_seg.bias)
+
+    def forward(self, x: Tensor, time_emb: Tensor) -> Tensor:
+        """x (B, C, H, W) and the time embedding (B or 1, time_dims) → logits (B, classes, H, W)."""
+        batch, channels, height, width = x.shape
+        memory = self.forward_tokens(x.flatten(2).transpose(1, 2), height, width, self.time_conditioning(time_emb))
+        return self.conv_seg(memory.transpose(1, 2).reshape(batch, channels, height, width))
 
     def loss(self, logits: Tensor, labels: Tensor) -> Dict[str, Tensor]:
         loss, acc = seg_loss_and_accuracy(

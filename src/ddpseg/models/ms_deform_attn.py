@@ -1,8 +1,16 @@
 """Multi-scale deformable attention (Deformable DETR), portable PyTorch.
 
-``ms_deform_attn_core`` is the reference: bilinear sampling with ``grid_sample`` (zeros padding,
-align_corners=False), exactly what mmcv runs on the CPU. A fused kernel can replace it through
-``set_sampler`` as long as it matches the reference in tests.
+Two implementations of the sampling core, equal up to float rounding (tested):
+
+* ``ms_deform_attn_core`` — the reference: bilinear sampling with ``grid_sample`` (zeros padding,
+  align_corners=False), then a weighted sum over points; exactly what mmcv runs on the CPU.
+* ``ms_deform_attn_gather`` — the default: every sample is 4 bilinear corners, so the whole attention
+  is one weighted sum of value rows per (query, head), which ``F.embedding_bag(mode='sum',
+  per_sample_weights=...)`` computes in a single fused pass over a (B·S·heads, head_dim) table that
+  is just a view of the projected values — no transposes, no (…, points) intermediate. It is
+  differentiable in the values and (through the bilinear weights) in the sampling locations.
+
+``set_sampler`` installs another implementation (e.g. a fused GPU kernel).
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ms_deform_attn_core", "MultiScaleDeformableAttention", "reference_points"]
+__all__ = ["ms_deform_attn_core", "ms_deform_attn_gather", "bilinear_corners", "set_sampler", "MultiScaleDeformableAttention", "reference_points"]
 
 SpatialShapes = Sequence[Tuple[int, int]]
 
@@ -50,13 +58,75 @@ def ms_deform_attn_core(
     return out.view(batch, heads * head_dim, queries).transpose(1, 2).contiguous()
 
 
-_sampler: Callable[[Tensor, SpatialShapes, Tensor, Tensor], Tensor] = ms_deform_attn_core
+def bilinear_corners(
+    locations: Tensor, attention: Tensor, height: int, width: int
+) -> Tuple[Tensor, Tensor]:
+    """The 4 bilinear corners of each sampling location, for a map with a one-pixel zero border.
+
+    Args:
+        locations: (..., 2) as (x, y) in [0, 1] (outside allowed).
+        attention: (...) the attention weight of each location.
+
+    Returns:
+        index (..., 4): row-major pixel index into the (height+2)·(width+2) bordered map;
+        weight (..., 4): bilinear weight × attention weight. A corner outside the map lands in the zero
+        border (clamped), which is how the reference's zeros padding contributes nothing.
+    """
+    grid = 2 * locations - 1  # the reference's grid, so the unnormalisation rounds identically
+    size = torch.tensor([width, height], dtype=grid.dtype, device=grid.device)
+    xy = ((grid + 1) * size - 1) / 2  # grid_sample's source index, align_corners=False
+    xy0 = xy.floor()
+    frac = xy - xy0
+    xy0 = xy0.long() + 1  # +1: the border
+    x0 = xy0[..., 0].clamp(0, width + 1)
+    x1 = (xy0[..., 0] + 1).clamp(0, width + 1)
+    row0 = xy0[..., 1].clamp(0, height + 1) * (width + 2)
+    row1 = (xy0[..., 1] + 1).clamp(0, height + 1) * (width + 2)
+    fx, fy = frac[..., 0], frac[..., 1]
+    a_y0 = attention * (1 - fy)
+    a_y1 = attention * fy
+    index = torch.stack((row0 + x0, row0 + x1, row1 + x0, row1 + x1), -1)
+    weight = torch.stack((a_y0 * (1 - fx), a_y0 * fx, a_y1 * (1 - fx), a_y1 * fx), -1)
+    return index, weight
+
+
+def ms_deform_attn_gather(
+    value: Tensor, spatial_shapes: SpatialShapes, sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
+    """Same contract as :func:`ms_deform_attn_core`, computed as one ``embedding_bag`` weighted sum."""
+    batch, num_value, heads, head_dim = value.shape
+    _, queries, _, levels, points, _ = sampling_locations.shape
+    tables, indices, weights = [], [], []
+    start = offset = 0
+    for level, (h, w) in enumerate(spatial_shapes):
+        level_value = value[:, start : start + h * w].view(batch, h, w, heads, head_dim)
+        tables.append(F.pad(level_value, (0, 0, 0, 0, 1, 1, 1, 1)).reshape(batch, -1, heads, head_dim))
+        index, weight = bilinear_corners(sampling_locations[:, :, :, level], attention_weights[:, :, :, level], h, w)
+        indices.append(index + offset)
+        weights.append(weight)
+        start += h * w
+        offset += (h + 2) * (w + 2)
+    table = torch.cat(tables, 1) if levels > 1 else tables[0]
+    # row of (b, pixel, head) in the (B·pixels·heads, D) table
+    index = torch.stack(indices, 3) * heads + torch.arange(heads, device=value.device).view(1, 1, heads, 1, 1, 1)
+    index = index + (torch.arange(batch, device=value.device) * (offset * heads)).view(batch, 1, 1, 1, 1, 1)
+    bag = levels * points * 4
+    out = F.embedding_bag(
+        index.reshape(-1, bag),
+        table.reshape(-1, head_dim),
+        per_sample_weights=torch.stack(weights, 3).reshape(-1, bag).to(value.dtype),
+        mode="sum",
+    )
+    return out.view(batch, queries, heads * head_dim)
+
+
+_sampler: Callable[[Tensor, SpatialShapes, Tensor, Tensor], Tensor] = ms_deform_attn_gather
 
 
 def set_sampler(fn: Optional[Callable[[Tensor, SpatialShapes, Tensor, Tensor], Tensor]]) -> None:
-    """Install a faster implementation of :func:`ms_deform_attn_core` (``None`` restores it)."""
+    """Install another implementation of the sampling core (``None`` restores the default gather)."""
     global _sampler
-    _sampler = fn or ms_deform_attn_core
+    _sampler = fn or ms_deform_attn_gather
 
 
 def reference_points(spatial_shapes: SpatialShapes, device: torch.device) -> Tensor:

@@ -29,6 +29,7 @@ from .diffusion import (
     sampling_time_pairs,
     time_tensor,
 )
+from .fast_decoder import can_decode_chunked, decode_tokens_chunked
 from .heads import DeformableHeadWithTime, FCNHead
 from .necks import DDPNeck
 
@@ -101,6 +102,7 @@ class DDP(nn.Module):
         self.diffusion = diffusion
         self.accumulation = accumulation
         self.align_corners = align_corners
+        self.chunked_decoder = True  # the cache-friendly inference path (fast_decoder.py); False: module path
         channels = decode_head.in_channels
         self.label_encoder = LabelEncoder(num_classes, channels, bit_scale, ignore_index)
         self.transform = nn.Conv2d(channels * 2, channels, 1)
@@ -177,6 +179,11 @@ class DDP(nn.Module):
 
         ``noise`` is the initial map (randsteps·B, C, h, w), repeat index outermost as in the original;
         without it, it is drawn from ``generator`` (or torch's global RNG).
+
+        Work that is the same at every step is done once: the image half of ``transform`` (the 1×1 conv
+        over cat[x, m] is W_x·x + b + W_m·m), positional encodings and reference points (cached by the
+        head). The loop runs on token maps (B, h·w, C), the layout the decoder and the label embedding
+        use, so no step transposes a full map.
         """
         steps = self.timesteps if steps is None else int(steps)
         batch, channels, h, w = x.shape
@@ -187,26 +194,33 @@ class DDP(nn.Module):
         elif tuple(noise.shape) != shape:
             raise ValueError(f"noise must have shape {shape} (randsteps·B, C, H/4, W/4), got {tuple(noise.shape)}")
         x = x.repeat(reps, 1, 1, 1) if reps > 1 else x
-        mask_t = noise.to(device=x.device, dtype=x.dtype)
+        weight = self.transform.weight.view(channels, 2 * channels)
+        w_img, w_mask = weight[:, :channels], weight[:, channels:]
+        img_part = F.linear(x.flatten(2).transpose(1, 2), w_img, self.transform.bias)  # (rB, Q, C), once
+        mask_t = noise.to(device=x.device, dtype=x.dtype).flatten(2).transpose(1, 2).contiguous()
         probs: List[Tensor] = []
         logits = mask_t.new_empty(0)
-        for t_now, t_next in self.sampling_schedule(steps):
-            times = time_tensor([t_now, t_next], x.device)
-            log_snr, log_snr_next = self.log_snr(times).split(1)
-            logits = self._denoise_logits(x, mask_t, log_snr)
-            labels = logits.argmax(dim=1)
-            mask_pred = self.label_encoder(labels)
+        times = time_tensor([t for pair in self.sampling_schedule(steps) for t in pair], x.device).view(-1, 2)
+        log_snrs = self.log_snr(times)
+        for i in range(steps):
+            log_snr, log_snr_next = log_snrs[i, :1], log_snrs[i, 1:]
+            feat = img_part + torch.matmul(mask_t, w_mask.t())
+            film = self.decode_head.time_conditioning(self.time_mlp(log_snr))
+            logits = self._decode_tokens(feat, h, w, film)  # (rB, Q, K)
+            labels = logits.argmax(dim=-1)
+            mask_pred = self.label_encoder.encode_tokens(labels)
             if self.diffusion == "ddim":
                 mask_t = ddim_step(mask_t, mask_pred, log_snr, log_snr_next)
             else:
-                mask_t = ddpm_step(mask_t, mask_pred, log_snr, log_snr_next, times[1:], generator)
+                mask_t = ddpm_step(mask_t, mask_pred, log_snr, log_snr_next, times[i, 1:], generator)
             if self.accumulation:
-                probs.append(logits.softmax(1))
+                probs.append(logits.softmax(-1))
             if trace is not None:
-                trace.logits.append(logits)
-                trace.labels.append(labels)
+                trace.logits.append(_to_map(logits, h, w))
+                trace.labels.append(labels.view(-1, h, w))
         out = torch.stack(probs) if self.accumulation else logits[None]
-        return out.reshape(-1, batch, *out.shape[2:]).mean(0)
+        out = out.reshape(-1, batch, h * w, out.shape[-1]).mean(0)
+        return _to_map(out, h, w)
 
     @torch.no_grad()
     def sample_logits(
@@ -223,6 +237,16 @@ class DDP(nn.Module):
         """
         out = self.sample_features(self.extract_feat(img), steps, noise, generator, trace)
         return F.interpolate(out, size=img.shape[2:], mode="bilinear", align_corners=self.align_corners)
+
+
+    def _decode_tokens(self, feat: Tensor, h: int, w: int, film: List[Tuple[Tensor, Tensor]]) -> Tensor:
+        if self.chunked_decoder and can_decode_chunked(self.decode_head):
+            return decode_tokens_chunked(self.decode_head, feat, h, w, film)
+        return self.decode_head.classify_tokens(self.decode_head.forward_tokens(feat, h, w, film))
+
+def _to_map(tokens: Tensor, height: int, width: int) -> Tensor:
+    """(B, H·W, K) → (B, K, H, W)."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
 
 
 class SelfAlignedDDP(DDP):

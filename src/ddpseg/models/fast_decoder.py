@@ -1,0 +1,117 @@
+"""Inference execution of the time-conditioned deformable decoder, in cache-sized row chunks.
+
+The module path (``DeformableHeadWithTime.forward_tokens``) runs each operation over the whole
+(H·W, C) map, so every element-wise step streams hundreds of MB through memory. Here one pass over
+row chunks does, per token, everything that is token-wise:
+
+    gather(layer l) → output_proj → +x, LN → FFN (+x) → LN → FiLM(time)
+                    → value_proj / offsets / attention logits of layer l+1   (or the classifier)
+
+Only the deformable gather needs all of a layer's values, so values live in two bordered tables
+(read layer l, write layer l+1). The arithmetic per token is the module path's, in the same order;
+results agree to float rounding (tested). Single feature level, no dropout: the DDP inference setting.
+"""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .heads import DeformableHeadWithTime
+from .ms_deform_attn import bilinear_corners
+
+__all__ = ["decode_tokens_chunked", "can_decode_chunked"]
+
+# rows of the feature map per chunk: ~1–2k tokens keep a chunk's FFN hidden (tokens × 4C) in cache
+TARGET_TOKENS_PER_CHUNK = 1024
+
+
+def can_decode_chunked(head: DeformableHeadWithTime) -> bool:
+    """The chunked path covers the published setting: one level, inference (no grad, or no dropout)."""
+    attn = head.layers[0].attn
+    return attn.num_levels == 1 and not (torch.is_grad_enabled() and head.training)
+
+
+@torch.no_grad()
+def decode_tokens_chunked(
+    head: DeformableHeadWithTime, feat: Tensor, height: int, width: int, film: List[Tuple[Tensor, Tensor]]
+) -> Tensor:
+    """(B, H·W, C) tokens → class logits (B, H·W, classes), equal to ``classify_tokens(forward_tokens(...))``."""
+    return torch.stack([_decode_one(head, feat[b], height, width, film, b) for b in range(feat.shape[0])])
+
+
+def _decode_one(
+    head: DeformableHeadWithTime, x: Tensor, height: int, width: int, film: List[Tuple[Tensor, Tensor]], b: int
+) -> Tensor:
+    layers = head.layers
+    first = layers[0].attn
+    heads, points, channels = first.num_heads, first.num_points, first.embed_dims
+    head_dim = channels // heads
+    ctx = head.context(height, width, x.device)
+    pos = ctx.pos[0].to(x.dtype)  # (Q, C)
+    ref = ctx.ref_points[0, :, 0].to(x.dtype)  # (Q, 2)
+    normalizer = torch.tensor([width, height], dtype=x.dtype, device=x.device)
+    head_offset = torch.arange(heads, device=x.device).view(1, heads, 1)
+    rows_per_chunk = max(1, TARGET_TOKENS_PER_CHUNK // width)
+    chunks = [(r, min(r + rows_per_chunk, height)) for r in range(0, height, rows_per_chunk)]
+
+    tables = [x.new_zeros(height + 2, width + 2, heads, head_dim) for _ in range(2)]
+    sampling = x.new_empty(height * width, heads * points * 3)  # offsets (2 per point) + attention logits
+    weights = [_stage_a_weights(layer) for layer in layers]
+    out = x.new_empty(height * width, head.num_classes)
+    x = x.clone()
+
+    def stage_a(layer_index: int, r0: int, r1: int, x_c: Tensor) -> None:
+        """Values into the next table; sampling offsets and attention logits of layer ``layer_index``."""
+        attn = layers[layer_index].attn
+        table = tables[layer_index % 2]
+        table[r0 + 1 : r1 + 1, 1 : width + 1] = F.linear(x_c, attn.value_proj.weight, attn.value_proj.bias).view(
+            r1 - r0, width, heads, head_dim
+        )
+        w_cat, b_cat = weights[layer_index]
+        sampling[r0 * width : r1 * width] = F.linear(x_c + pos[r0 * width : r1 * width], w_cat, b_cat)
+
+    for r0, r1 in chunks:
+        stage_a(0, r0, r1, x[r0 * width : r1 * width])
+
+    for li, layer in enumerate(layers):
+        table = tables[li % 2].view(-1, head_dim)
+        scale, shift = film[li]
+        scale1 = (scale[min(b, scale.shape[0] - 1), 0] + 1)
+        shift = shift[min(b, shift.shape[0] - 1), 0]
+        for r0, r1 in chunks:
+            t0, t1 = r0 * width, r1 * width
+            n = t1 - t0
+            samp = sampling[t0:t1]
+            offsets = samp[:, : heads * points * 2].view(n, heads, points, 2)
+            attention = samp[:, heads * points * 2 :].reshape(n, heads, points).softmax(-1)
+            locations = ref[t0:t1, None, None, :] + offsets / normalizer
+            index, weight = bilinear_corners(locations, attention, height, width)
+            index = (index * heads + head_offset[..., None]).view(n * heads, points * 4)
+            core = F.embedding_bag(index, table, per_sample_weights=weight.view(n * heads, points * 4), mode="sum")
+            x_c = x[t0:t1]
+            attn = layer.attn
+            y = x_c + F.linear(core.view(n, channels), attn.output_proj.weight, attn.output_proj.bias)
+            y = F.layer_norm(y, (channels,), layer.norm1.weight, layer.norm1.bias, layer.norm1.eps)
+            ffn = layer.ffn
+            hidden = F.linear(y, ffn.fc1.weight, ffn.fc1.bias)
+            y = y + F.linear(ffn.act(hidden), ffn.fc2.weight, ffn.fc2.bias)
+            y = F.layer_norm(y, (channels,), layer.norm2.weight, layer.norm2.bias, layer.norm2.eps)
+            y = torch.addcmul(shift, y, scale1)
+            if li + 1 < len(layers):
+                x[t0:t1] = y
+                stage_a(li + 1, r0, r1, y)
+            else:
+                out[t0:t1] = head.classify_tokens(y)
+    return out
+
+
+def _stage_a_weights(layer) -> Tuple[Tensor, Tensor]:
+    """Sampling-offset and attention-weight projections fused into one matrix (one GEMM per chunk)."""
+    attn = layer.attn
+    weight = torch.cat([attn.sampling_offsets.weight, attn.attention_weights.weight], 0)
+    bias = torch.cat([attn.sampling_offsets.bias, attn.attention_weights.bias], 0)
+    return weight, bias

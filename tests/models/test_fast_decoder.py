@@ -1,0 +1,32 @@
+"""The chunked inference decoder computes exactly what the module path computes."""
+
+from __future__ import annotations
+
+import torch
+
+from ddpseg.models import fast_decoder
+from ddpseg.models.build import build_model
+
+
+def test_chunked_decoder_matches_the_module_path_for_batches_and_odd_sizes(mini_model_cfg, monkeypatch):
+    model = build_model(dict(mini_model_cfg, randsteps=2)).eval()
+    with torch.no_grad():  # non-trivial offsets and attention (they start at zero)
+        for p in model.decode_head.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+    monkeypatch.setattr(fast_decoder, "TARGET_TOKENS_PER_CHUNK", 40)  # several chunks, last one partial
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 64, 13, 17, generator=gen)
+    noise = torch.randn(4, 64, 13, 17, generator=gen)
+    outs = []
+    for chunked in (False, True):
+        model.chunked_decoder = chunked
+        outs.append(model.sample_features(x, steps=3, noise=noise))
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-5)
+
+
+def test_chunked_path_is_skipped_when_training_needs_gradients(mini_model_cfg):
+    model = build_model(mini_model_cfg).train()
+    with torch.enable_grad():
+        assert not fast_decoder.can_decode_chunked(model.decode_head)
+    model.eval()
+    assert fast_decoder.can_decode_chunked(model.decode_head)
