@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 COMMANDS: tuple[str, ...] = (
     "prepare", "browse_dataset",
     "convert",
+    "test",
+    "demo",
 )
 
 

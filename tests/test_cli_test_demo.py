@@ -1,0 +1,300 @@
+"""End to end: a tiny DDP trained briefly on a synthetic Cityscapes-like set, then `tools/test.py`,
+`tools/dist_test.sh`, `ddpseg test` options and the image demo, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import ddpseg
+from ddpseg.cli import main
+from ddpseg.data.synthetic import make_synthetic_cityscapes
+from ddpseg.evaluation.class_names import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+from ddpseg.visualize import get_palette
+
+from .conftest import REPO
+
+DEMO_IMAGE = REPO.parent / "shared" / "assets" / "cityscapes_demo.png"
+MEAN, STD = np.array([123.675, 116.28, 103.53]), np.array([58.395, 57.12, 57.375])
+
+CONFIG_TEXT = """
+_base_ = [{base!r}]
+data_root = {data_root!r}
+img_norm_cfg = dict(mean={mean}, std={std}, to_rgb=True)
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='MultiScaleFlipAug', img_scale=(128, 64), flip=False,
+         transforms=[dict(type='Resize', keep_ratio=True), dict(type='RandomFlip'),
+                     dict(type='Normalize', **img_norm_cfg), dict(type='ImageToTensor', keys=['img']),
+                     dict(type='Collect', keys=['img'])]),
+]
+data = dict(workers_per_gpu=0,
+            train=dict(data_root=data_root),
+            val=dict(data_root=data_root, pipeline=test_pipeline),
+            test=dict(data_root=data_root, pipeline=test_pipeline))
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread here and in the subprocesses: on a busy 2-core machine, OpenMP threads that
+    wait for each other can make these runs 50x slower; one thread per process keeps them steady."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _env(**extra: str) -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", **extra)
+
+
+def _train_briefly(model, data_root: Path, iterations: int = 12) -> None:
+    """A plain AdamW loop on forward_train over the 4 synthetic training images (64x128)."""
+    images, labels = [], []
+    for path in sorted((data_root / "leftImg8bit" / "train").rglob("*_leftImg8bit.png")):
+        rgb = cv2.imread(str(path))[:, :, ::-1]
+        images.append(torch.from_numpy(((rgb - MEAN) / STD).transpose(2, 0, 1).copy()).float())
+        label = str(path).replace("leftImg8bit", "gtFine", 1).replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
+        labels.append(torch.from_numpy(cv2.imread(label, cv2.IMREAD_UNCHANGED)[None].astype(np.int64)))
+    img, gt = torch.stack(images), torch.stack(labels)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for i in range(iterations):
+        pick = [(2 * i) % len(img), (2 * i + 1) % len(img)]
+        losses = model.forward_train(img[pick], gt[pick])
+        loss = sum(v for k, v in losses.items() if "loss" in k)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(config path, checkpoint path) of the tiny model, checkpoint in mmseg's layout with class meta."""
+    root = tmp_path_factory.mktemp("e2e")
+    data_root = make_synthetic_cityscapes(root / "data", num_train=4, num_val=3, size=(64, 128), seed=0)
+    config = root / "mini_synthetic.py"
+    base = REPO / "configs" / "quickstart" / "ddp_convnext_mini_synthetic.py"
+    config.write_text(CONFIG_TEXT.format(base=str(base), data_root=str(data_root), mean=MEAN.tolist(), std=STD.tolist()))
+    torch.manual_seed(0)
+    model = ddpseg.init_model(config)
+    _train_briefly(model, data_root)
+    checkpoint = root / "ckpts" / "mini.pth"
+    checkpoint.parent.mkdir()
+    meta = {"CLASSES": list(CITYSCAPES_CLASSES), "PALETTE": [list(c) for c in CITYSCAPES_PALETTE]}
+    torch.save({"state_dict": model.state_dict(), "meta": meta}, checkpoint)
+    return config, checkpoint
+
+
+def summary_numbers(stdout: str) -> list[float]:
+    """The numbers of the printed `Summary:` table."""
+    table = stdout.split("Summary:")[1]
+    rows = [line for line in table.splitlines() if line.startswith("|")]
+    assert [c.strip() for c in rows[0].strip("|").split("|")][:3] == ["aAcc", "mIoU", "mAcc"]
+    return [float(c) for c in rows[1].strip("|").split("|")]
+
+
+def run_cli(argv, capsys):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_tools_test_prints_the_tables_and_writes_json_next_to_the_checkpoint(trained):
+    config, checkpoint = trained
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "test.py"), str(config), str(checkpoint), "--eval", "mIoU"],
+        capture_output=True, text=True, timeout=120, env=_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "per class results:" in proc.stdout and "|      road     |" in proc.stdout
+    a_acc, miou, macc = summary_numbers(proc.stdout)
+    assert re.search(r"\| +\d+\.\d{1,2} \| +\d+\.\d{1,2} \| +\d+\.\d{1,2} \|", proc.stdout.split("Summary:")[1])
+    assert "3/3" in proc.stderr  # the progress bar
+    (written,) = checkpoint.parent.glob("mini_eval_single_scale_*.json")
+    record = json.loads(written.read_text())
+    assert record["config"] == str(config) and record["steps"] == 3
+    assert [round(record["metric"][k] * 100, 2) for k in ("aAcc", "mIoU", "mAcc")] == [a_acc, miou, macc]
+    assert record["metric"]["IoU.vegetation"] is None  # absent class: NaN in the table, null in JSON
+    assert miou > 0
+
+
+@pytest.mark.parametrize(
+    "extra,mode",
+    [
+        (["--aug-test"], "whole"),
+        (["--cfg-options", "model.test_cfg.mode=slide", "model.test_cfg.crop_size=(48,48)", "model.test_cfg.stride=(32,32)"], "slide"),
+        (["--steps", "1"], "whole"),
+    ],
+)
+def test_aug_test_slide_and_steps_run_and_report_their_settings(trained, tmp_path, capsys, extra, mode):
+    config, checkpoint = trained
+    out = tmp_path / "metrics.json"
+    code, stdout, err = run_cli(["test", str(config), str(checkpoint), "--eval", "mIoU", "--out", str(out), *extra], capsys)
+    assert code == 0, err
+    record = json.loads(out.read_text())
+    assert record["aug_test"] == ("--aug-test" in extra) and record["test_mode"] == mode
+    assert record["steps"] == (1 if "--steps" in extra else 3)
+    assert summary_numbers(stdout)[1] == round(record["metric"]["mIoU"] * 100, 2)
+
+
+def test_format_only_writes_cityscapes_label_id_pngs(trained, tmp_path, capsys):
+    config, checkpoint = trained
+    prefix = tmp_path / "submission"
+    argv = ["test", str(config), str(checkpoint), "--format-only", "--eval-options", f"imgfile_prefix={prefix}"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    files = sorted(prefix.glob("*_leftImg8bit.png"))
+    assert len(files) == 3
+    values = np.unique(np.array(Image.open(files[0])))
+    train_id_to_id = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
+    assert set(values.tolist()) <= set(train_id_to_id)
+
+
+def test_show_dir_alone_needs_no_labels_and_writes_an_overlay_per_image(trained, tmp_path, capsys):
+    config, checkpoint = trained
+    argv = ["test", str(config), str(checkpoint), "--show-dir", str(tmp_path / "show"), "--cfg-options", "data.test.ann_dir=None"]
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert "Summary" not in stdout
+    drawn = sorted((tmp_path / "show").rglob("*_leftImg8bit.png"))
+    assert len(drawn) == 3 and cv2.imread(str(drawn[0])).shape == (64, 128, 3)
+
+
+def test_evaluate_dataset_matches_the_command_and_keeps_the_training_mode(trained, tmp_path, capsys):
+    from ddpseg.data.build import build_dataset
+    from ddpseg.engine.evaluate import evaluate_dataset
+
+    config, checkpoint = trained
+    out = tmp_path / "m.json"
+    assert run_cli(["test", str(config), str(checkpoint), "--eval", "mIoU", "--out", str(out)], capsys)[0] == 0
+    model = ddpseg.init_model(config, checkpoint).train()
+    metrics = evaluate_dataset(model, build_dataset(model.cfg.data.test), progress=False, print_tables=False)
+    assert model.training
+    expected = {k: v for k, v in json.loads(out.read_text())["metric"].items() if v is not None}
+    assert {k: v for k, v in metrics.items() if k in expected} == expected
+    assert capsys.readouterr().out == ""
+
+
+def test_dist_test_with_two_gloo_processes_gives_the_numbers_of_one_process(trained, tmp_path):
+    config, checkpoint = trained
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # one thread per process in both runs, so no floating-point difference can come from threading
+    env = _env(PYTHON=sys.executable, PORT=str(port))
+    dist_out, single_out = tmp_path / "dist.json", tmp_path / "single.json"
+    dist = subprocess.run(
+        ["bash", str(REPO / "tools" / "dist_test.sh"), str(config), str(checkpoint), "2", "--eval", "mIoU", "--out", str(dist_out)],
+        capture_output=True, text=True, timeout=180, env=env,
+    )
+    assert dist.returncode == 0, dist.stderr[-3000:]
+    single = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "test.py"), str(config), str(checkpoint), "--eval", "mIoU", "--out", str(single_out)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    dist_record, single_record = json.loads(dist_out.read_text()), json.loads(single_out.read_text())
+    assert dist_record["world_size"] == 2 and single_record["world_size"] == 1
+    assert dist_record["metric"] == single_record["metric"]
+    assert dist.stdout.count("Summary:") == 1  # printed by rank 0 only
+    assert summary_numbers(dist.stdout) == summary_numbers(single.stdout)
+
+
+def test_unwritable_output_fails_before_any_work(trained, tmp_path, capsys):
+    config, checkpoint = trained
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    code, stdout, err = run_cli(["test", str(config), str(checkpoint), "--eval", "mIoU", "--out", str(blocker / "m.json")], capsys)
+    assert code == 1 and "a_file" in err and "Summary" not in stdout and err.count("\n") == 1
+    code, stdout, err = run_cli(["test", str(config), str(checkpoint), "--show-dir", str(blocker / "show")], capsys)
+    assert code == 1 and "--show-dir" in err and "img/s" not in err
+
+
+def test_class_mismatches_are_clear_errors(trained, tmp_path, capsys):
+    config, checkpoint = trained
+    wrong = tmp_path / "five_classes.pth"
+    state = torch.load(checkpoint, weights_only=True)
+    state["meta"]["CLASSES"] = state["meta"]["CLASSES"][:5]
+    torch.save(state, wrong)
+    code, _, err = run_cli(["test", str(config), str(wrong), "--eval", "mIoU", "--out", str(tmp_path / "m.json")], capsys)
+    assert code == 1 and "5 classes" in err and "19" in err
+    argv = ["test", str(config), str(checkpoint), "--eval", "mIoU", "--out", str(tmp_path / "m.json"),
+            "--cfg-options", "data.test.classes=[road,sidewalk]"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 1 and "2 classes" in err and "19" in err
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--eval", "mIoU", "--format-only"], "cannot be both"),
+        (["--eval", "accuracy"], "unknown metric"),
+        (["--eval", "cityscapes"], "--format-only"),
+        (["--eval", "mIoU", "--out", "x.pkl"], "JSON"),
+        ([], "at least one operation"),
+    ],
+)
+def test_bad_test_arguments_are_reported(trained, capsys, args, message):
+    config, checkpoint = trained
+    code, _, err = run_cli(["test", str(config), str(checkpoint), *args], capsys)
+    assert code == 1 and message in err
+
+
+@pytest.mark.skipif(not DEMO_IMAGE.is_file(), reason="shared demo image not available")
+def test_image_demo_writes_overlay_and_label_png_in_the_cityscapes_palette(trained, tmp_path):
+    config, checkpoint = trained
+    out = tmp_path / "demo_pred.png"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "image_demo.py"), str(DEMO_IMAGE), str(config), str(checkpoint), str(out),
+         "--device", "cpu", "--palette", "cityscapes", "--opacity", "1.0"],
+        capture_output=True, text=True, timeout=120, env=_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    overlay = cv2.imread(str(out))[:, :, ::-1]
+    assert overlay.shape == cv2.imread(str(DEMO_IMAGE)).shape == (512, 1024, 3)
+    labels = Image.open(tmp_path / "demo_pred_labels.png")
+    assert labels.mode == "P" and labels.size == (1024, 512)
+    palette = get_palette("cityscapes")
+    np.testing.assert_array_equal(np.array(labels.getpalette()[: 19 * 3]).reshape(19, 3), palette)
+    np.testing.assert_array_equal(overlay, palette[np.array(labels)])  # opacity 1: pure class colours
+
+
+def test_demo_on_a_folder_skips_a_broken_image_and_writes_uncertainty_maps(trained, tmp_path, capsys):
+    config, checkpoint = trained
+    images = tmp_path / "pictures"
+    (images / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(images / "a.png"), rng.integers(0, 255, (50, 80, 3), dtype=np.uint8))
+    cv2.imwrite(str(images / "sub" / "b.jpg"), rng.integers(0, 255, (40, 40), dtype=np.uint8))
+    (images / "broken.png").write_bytes(b"not a picture")
+    out = tmp_path / "out"
+    code, _, err = run_cli(["demo", str(images), str(config), str(checkpoint), str(out), "--uncertainty", "--steps", "2"], capsys)
+    assert code == 1 and "broken.png" in err  # the others are still written
+    assert cv2.imread(str(out / "a.png")).shape == (50, 80, 3)
+    assert cv2.imread(str(out / "sub" / "b_labels.png"), cv2.IMREAD_UNCHANGED).shape == (40, 40)
+    heat = cv2.imread(str(out / "a_entropy.png"))
+    assert heat.shape[0] == 50 and heat.shape[1] > 80  # heatmap plus colour bar
+    assert (out / "sub" / "b_disagreement.png").is_file()
+
+
+def test_demo_refuses_an_unwritable_output_before_loading_the_model(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    image = tmp_path / "img.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    code, _, err = run_cli(["demo", str(image), "missing_config.py", "missing.pth", str(blocker / "out.png")], capsys)
+    assert code == 1 and "a_file" in err and "missing_config" not in err
