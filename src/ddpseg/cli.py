@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 COMMANDS: tuple[str, ...] = (
     "prepare", "browse_dataset",
     "convert",
+    "benchmark",
     "test",
     "demo",
 )

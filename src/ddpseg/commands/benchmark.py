@@ -1,0 +1,82 @@
+"""``ddpseg benchmark``: latency per step count, FLOPs against this machine's matmul ceiling, training step."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+NAME = "benchmark"
+HELP = "measure inference latency per diffusion step count (and a training step) of a config's model"
+
+_DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config")
+    parser.add_argument("--shape", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"))
+    parser.add_argument("--steps", type=int, nargs="+", default=[1, 3, 10])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--amp", choices=sorted(_DTYPES), default="fp32", help="autocast dtype for the model")
+    parser.add_argument("--module-decoder", action="store_true", help="use the module-by-module decoder, not the chunked one")
+    parser.add_argument("--train", action="store_true", help="also time one training step (in a fresh process)")
+    parser.add_argument("--reference", type=Path, help="JSON of the original's timings to print beside ours")
+    parser.add_argument("--json", type=Path, help="also write the numbers as JSON here")
+
+
+def _setup(args):
+    import torch
+
+    from ..api import load_config
+    from ..models.build import build_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = build_model(load_config(args.config).model).to(device)
+    model.chunked_decoder = not args.module_decoder
+    dtype = getattr(torch, _DTYPES[args.amp]) if _DTYPES[args.amp] else None
+    return torch, device, model, dtype
+
+
+def _train_worker(args, queue) -> None:
+    from ..benchmark import measure_train_step
+
+    torch, device, model, dtype = _setup(args)
+    queue.put(measure_train_step(model, args.shape, batch=args.batch, device=device, repeats=max(2, args.repeats // 2),
+                                 warmup=args.warmup, amp_dtype=dtype))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..benchmark import BenchmarkReport, format_report, matmul_ceiling, measure_inference
+
+    torch, device, model, dtype = _setup(args)
+    report = BenchmarkReport(
+        config=str(args.config), shape=args.shape, batch=args.batch, device=str(device), dtype=args.amp,
+        threads=torch.get_num_threads(), torch_version=torch.__version__,
+        ceiling_gflops=matmul_ceiling(device, dtype or torch.float32) / 1e9,
+    )
+    report.rows = measure_inference(model, args.shape, args.steps, batch=args.batch, device=device,
+                                    repeats=args.repeats, warmup=args.warmup, amp_dtype=dtype)
+    report.notes.append(f"decoder: {'module path' if args.module_decoder else 'chunked inference path'}; "
+                        f"latency = median of {args.repeats} after {args.warmup} warm-up")
+    del model
+    if args.train:
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_train_worker, args=(args, queue))
+        proc.start()
+        report.train = queue.get()
+        proc.join()
+        report.notes.append("training step measured in a fresh process (its own peak memory)")
+    reference = json.loads(args.reference.read_text()) if args.reference else None
+    print(format_report(report, reference))
+    if args.json:
+        args.json.write_text(json.dumps({"report": report.__dict__ | {"rows": [r.__dict__ for r in report.rows]}}, indent=2, default=str))
+    return 0
