@@ -242,6 +242,7 @@ def test_class_mismatches_are_clear_errors(trained, tmp_path, capsys):
     "args,message",
     [
         (["--eval", "mIoU", "--format-only"], "cannot be both"),
+        (["--eval", "mIoU", "--options", "a=1", "--cfg-options", "b=2"], "cannot be both"),
         (["--eval", "accuracy"], "unknown metric"),
         (["--eval", "cityscapes"], "--format-only"),
         (["--eval", "mIoU", "--out", "x.pkl"], "JSON"),
