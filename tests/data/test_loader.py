@@ -5,6 +5,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from ddpseg.data import ShardedSampler, build_dataloader, build_dataset, build_test_dataloader, collate
+from ddpseg.data.loader import make_train_loader_fn
 from tests.data.pipelines import CITYSCAPES, CITYSCAPES_TEST, CITYSCAPES_TRAIN, scaled
 
 
@@ -45,6 +46,25 @@ def test_infinite_sampler_has_no_length_and_finite_one_stops():
     with pytest.raises(TypeError):
         len(ShardedSampler(4))
     assert len(list(ShardedSampler(4, shuffle=False, infinite=False))) == 4
+
+
+def test_drop_last_ends_each_epoch_at_its_last_full_batch():
+    sampler = ShardedSampler(5, seed=2, batch_size=2, drop_last=True)
+    taken = _take(iter(sampler), 8)
+    for epoch in range(2):
+        assert taken[4 * epoch : 4 * epoch + 4] == list(zip(*sampler.epoch_indices(epoch)))[:4]
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        ShardedSampler(3, world_size=2, batch_size=4, drop_last=True)
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_sampler_started_at_batch_k_continues_the_stream_of_one_started_at_zero(drop_last):
+    for rank in range(2):
+        full = _take(iter(ShardedSampler(7, rank=rank, world_size=2, seed=5, batch_size=3, drop_last=drop_last)), 30)
+        for k in (1, 2, 5):
+            started = ShardedSampler(7, rank=rank, world_size=2, seed=5, batch_size=3, drop_last=drop_last,
+                                     start_batch=k)
+            assert _take(iter(started), 30 - 3 * k) == full[3 * k :]
 
 
 def _train_set(root):
@@ -116,3 +136,16 @@ def test_workers_seed_global_generators_by_rank_and_worker():
         np.random.set_state(state)
         cv2.setNumThreads(threads)
     assert len(draws) == 4
+
+
+def test_train_loader_fn_started_at_iteration_k_yields_the_batches_from_the_kth_on(cityscapes_root):
+    ds = _train_set(cityscapes_root)
+    loader_fn = make_train_loader_fn(ds, 1, 0, rank=1, world_size=2)
+    from_zero = _take(loader_fn(0, 9), 5)  # 4 images over 2 ranks: 2 batches per epoch, so this spans 3 epochs
+    from_three = _take(loader_fn(3, 9), 2)
+    for a, b in zip(from_zero[3:], from_three):
+        assert a["img_metas"][0]["ori_filename"] == b["img_metas"][0]["ori_filename"]
+        torch.testing.assert_close(a["img"], b["img"], rtol=0, atol=0)
+        torch.testing.assert_close(a["gt_semantic_seg"], b["gt_semantic_seg"], rtol=0, atol=0)
+    other_seed = _take(make_train_loader_fn(ds, 1, 0, rank=1, world_size=2)(3, 10), 1)[0]
+    assert not torch.equal(other_seed["img"], from_three[0]["img"])

@@ -7,19 +7,25 @@ each epoch in the order the original's distributed sampler gives (``torch.randpe
 ``(seed, epoch)`` for that position of the epoch, which fixes the sample's augmentation whatever the
 number of workers or which worker loads it.
 
+With ``batch_size`` and ``drop_last`` an epoch ends after its last full batch (mmseg trains with
+``drop_last=True``), and ``start_batch`` starts the stream at a given batch: a sampler started at
+batch k yields exactly what one started at 0 yields from its k-th batch on. :func:`make_train_loader_fn`
+builds on that the training-iterator protocol of :mod:`ddpseg.engine.trainer`.
+
 Test: the same sampler without shuffling, one image per batch at its own size.
 """
 
 from __future__ import annotations
 
+import functools
 import random
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 IMG_PAD_VALUE = 0
 SEG_PAD_VALUE = 255
@@ -34,6 +40,9 @@ class ShardedSampler(Sampler):
         shuffle: a new permutation each epoch; otherwise 0, 1, 2, ...
         seed: the run's base seed; must be the same on every rank.
         infinite: start the next epoch when one ends, forever.
+        batch_size: samples per batch of this rank (only needed with ``drop_last`` or ``start_batch``).
+        drop_last: end each epoch after its last full batch, as a loader with ``drop_last=True`` does.
+        start_batch: skip this rank's first ``start_batch`` batches (resuming at that iteration).
     """
 
     def __init__(
@@ -45,11 +54,16 @@ class ShardedSampler(Sampler):
         shuffle: bool = True,
         seed: int = 0,
         infinite: bool = True,
+        batch_size: int = 1,
+        drop_last: bool = False,
+        start_batch: int = 0,
     ) -> None:
         if size <= 0:
             raise ValueError("cannot sample from an empty dataset")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
+        if batch_size < 1 or start_batch < 0:
+            raise ValueError(f"batch_size must be >= 1 and start_batch >= 0, got {batch_size}, {start_batch}")
         self.size = size
         self.rank = rank
         self.world_size = world_size
@@ -59,6 +73,15 @@ class ShardedSampler(Sampler):
         self.epoch = 0
         self.num_samples = -(-size // world_size)  # per rank and epoch
         self.total_size = self.num_samples * world_size
+        self.batch_size = batch_size
+        self.start_batch = start_batch
+        # samples this rank takes from each epoch
+        self.epoch_length = self.num_samples - self.num_samples % batch_size if drop_last else self.num_samples
+        if self.epoch_length == 0:
+            raise ValueError(
+                f"{size} samples over {world_size} process(es) give each fewer than one batch of {batch_size}; "
+                "with drop_last every batch would be dropped (use a smaller batch or more data)"
+            )
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch the next iteration starts from (for resuming)."""
@@ -78,9 +101,12 @@ class ShardedSampler(Sampler):
         return order[self.rank :: self.world_size], seeds[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
+        skipped_epochs, offset = divmod(self.start_batch * self.batch_size, self.epoch_length)
+        epoch = self.epoch + skipped_epochs
         while True:
-            yield from zip(*self.epoch_indices(epoch))
+            indices, seeds = self.epoch_indices(epoch)
+            yield from zip(indices[offset : self.epoch_length], seeds[offset : self.epoch_length])
+            offset = 0
             epoch += 1
             if not self.infinite:
                 return
@@ -88,7 +114,46 @@ class ShardedSampler(Sampler):
     def __len__(self) -> int:
         if self.infinite:
             raise TypeError("an infinite sampler has no length; use num_samples for one epoch")
-        return self.num_samples
+        return max(0, self.epoch_length - self.start_batch * self.batch_size)
+
+
+def make_train_loader_fn(
+    dataset: Dataset,
+    samples_per_gpu: int,
+    workers_per_gpu: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: bool = True,
+    pin_memory: Optional[bool] = None,
+) -> Callable[[int, int], Iterator[dict[str, Any]]]:
+    """``loader_fn(start_iter, seed)``: this rank's training batches for iterations ``start_iter``,
+    ``start_iter + 1``, ... forever, the protocol :func:`ddpseg.engine.trainer.train` expects.
+
+    Batch k on rank r depends only on (seed, k, r, world_size): the epoch order comes from
+    ``seed + epoch`` and each sample's augmentation from its own seed, whatever ``start_iter`` or the
+    number of workers. Epochs end at their last full batch (``drop_last``), as mmseg's training loader.
+    """
+    if samples_per_gpu < 1 or workers_per_gpu < 0:
+        raise ValueError(f"samples_per_gpu must be >= 1 and workers_per_gpu >= 0, got {samples_per_gpu}, {workers_per_gpu}")
+
+    def loader_fn(start_iter: int, seed: int) -> Iterator[dict[str, Any]]:
+        sampler = ShardedSampler(
+            len(dataset), rank=rank, world_size=world_size, shuffle=True, seed=seed, infinite=True,
+            batch_size=samples_per_gpu, drop_last=drop_last, start_batch=start_iter,
+        )
+        loader = DataLoader(
+            dataset,
+            batch_size=samples_per_gpu,
+            sampler=sampler,
+            num_workers=workers_per_gpu,
+            collate_fn=collate,
+            pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+            worker_init_fn=functools.partial(seed_worker, seed=seed, rank=rank) if workers_per_gpu > 0 else None,
+        )
+        return iter(loader)
+
+    return loader_fn
 
 
 def seed_worker(worker_id: int, *, seed: int, rank: int) -> None:
