@@ -88,9 +88,9 @@ lr_config = dict(
     power=1.0,
     min_lr=0.0,
     by_epoch=False)
-runner = dict(type='IterBasedRunner', max_iters=300)
-checkpoint_config = dict(by_epoch=False, interval=100)
-evaluation = dict(interval=100, metric='mIoU', save_best='mIoU')
+runner = dict(type='IterBasedRunner', max_iters=800)
+checkpoint_config = dict(by_epoch=False, interval=200, max_keep_ckpts=2)
+evaluation = dict(interval=200, metric='mIoU', save_best='mIoU')
 log_config = dict(interval=10)
 cudnn_benchmark = False
 find_unused_parameters = True

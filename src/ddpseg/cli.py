@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 # One explicit list; the module for each name lives in ddpseg/commands/<module>.py.
 COMMANDS: tuple[str, ...] = (
     "prepare", "browse_dataset",
+    "train", "quickstart", "plot_log",
     "convert",
     "benchmark",
     "test",

@@ -1,0 +1,132 @@
+"""Training-step time and peak memory of the full DDP ConvNeXt-T Cityscapes config at batch 1, 512x1024.
+
+One step = forward_train (backbone, neck, one noised decoder pass, auxiliary head) + backward + AdamW step with
+the config's paramwise rules, on random images and labels. Reports the median (and min/max) of ``--steps``
+timed steps after ``--warmup`` untimed ones, and the peak memory: the process's peak resident set size on the
+CPU, ``torch.cuda.max_memory_allocated`` on a GPU.
+
+    python benchmarks/train_step.py                    # CPU, and CUDA when available
+    python benchmarks/train_step.py --devices cpu --steps 3 --warmup 1 --threads 2
+    python benchmarks/train_step.py --quickstart       # `ddpseg quickstart`: final mIoU and wall time
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ddpseg.config import Config
+from ddpseg.engine.distributed import revert_sync_batchnorm
+from ddpseg.engine.optimizer import build_optimizer
+from ddpseg.engine.trainer import AMP_DTYPES, parse_losses
+from ddpseg.models.build import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs/cityscapes/ddp_convnext_t_4x4_512x1024_160k_cityscapes.py"
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=str(CONFIG), help="training config (default: DDP ConvNeXt-T Cityscapes)")
+    p.add_argument("--devices", nargs="+", help="cpu, cuda ... (default: cpu, plus cuda when available)")
+    p.add_argument("--size", type=int, nargs=2, default=(512, 1024), metavar=("H", "W"), help="crop size")
+    p.add_argument("--batch", type=int, default=1, help="images per step")
+    p.add_argument("--steps", type=int, default=3, help="timed steps")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--amp", choices=sorted(AMP_DTYPES), help="autocast dtype")
+    p.add_argument("--quickstart", action="store_true", help="run `ddpseg quickstart` instead and report it")
+    p.add_argument("--out", help="--quickstart output folder (default: a temporary one)")
+    return p.parse_args()
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def measure(cfg: Config, device: torch.device, args: argparse.Namespace) -> dict:
+    torch.manual_seed(0)
+    model = revert_sync_batchnorm(build_model(cfg.model)).to(device).train()
+    optimizer = build_optimizer(model, cfg.optimizer)
+    h, w = args.size
+    img = torch.randn(args.batch, 3, h, w, device=device)
+    gt = torch.randint(0, model.num_classes, (args.batch, 1, h, w), device=device)
+    dtype = AMP_DTYPES.get(args.amp) if args.amp else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for step in range(args.warmup + args.steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss, _ = parse_losses(model.forward_train(img, gt))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+    memory = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mib()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    return {"device": name, "median": statistics.median(times), "min": min(times), "max": max(times),
+            "memory": memory, "params": sum(p.numel() for p in model.parameters())}
+
+
+def train_step_table(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = Config.fromfile(args.config)
+    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    rows = [measure(cfg, torch.device(d), args) for d in devices]
+    print(f"\nconfig {Path(args.config).name}: batch {args.batch}, {args.size[0]}x{args.size[1]}, amp {args.amp}, "
+          f"torch {torch.__version__}, {rows[0]['params'] / 1e6:.1f}M parameters; "
+          f"{args.steps} timed steps after {args.warmup} warm-up")
+    print(f"| {'device':<34} | step median (s) | min (s) | max (s) | peak memory (MiB) |")
+    print(f"|{'-' * 36}|-----------------|---------|---------|-------------------|")
+    for r in rows:
+        kind = "RSS" if r["device"].startswith("cpu") else "CUDA"
+        print(f"| {r['device']:<34} | {r['median']:15.3f} | {r['min']:7.3f} | {r['max']:7.3f} | "
+              f"{r['memory']:10.0f} ({kind}) |")
+
+
+def quickstart_table(args: argparse.Namespace) -> None:
+    from ddpseg.cli import main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.out or Path(tmp) / "quickstart")
+        start = time.perf_counter()
+        if main(["quickstart", "--out", str(out)]) != 0:
+            raise SystemExit("quickstart failed")
+        wall = time.perf_counter() - start
+        results = json.loads((out / "results.json").read_text())
+    print(f"\n| quickstart | iterations | mIoU (%) | aAcc (%) | training (s) | wall (s) | torch | threads |")
+    print("|------------|------------|----------|----------|--------------|----------|-------|---------|")
+    print(f"| {results['device']:<10} | {results['iters']:10d} | {100 * results['mIoU']:8.2f} | "
+          f"{100 * results['aAcc']:8.2f} | {results['train_s']:12.0f} | {wall:8.0f} | {torch.__version__} | "
+          f"{results['threads']:7d} |")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.quickstart:
+        quickstart_table(args)
+    else:
+        train_step_table(args)
+    print(f"\ncommand: python {shlex.join(sys.argv)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""``ddpseg train`` / ``tools/train.py`` / ``tools/dist_train.sh`` / ``ddpseg quickstart`` / ``ddpseg plot-log``
+end to end, on the mini DDP of the quickstart config and a tiny synthetic Cityscapes-layout dataset.
+
+The runs go through ``ddpseg.cli.main`` in this process (one model warm-up for all of them); the launcher
+scripts run as subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ddpseg.cli import build_parser, main
+from ddpseg.data.synthetic import make_synthetic_cityscapes
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "configs/quickstart/ddp_convnext_mini_synthetic.py")
+FIXTURE = REPO / "tests/fixtures/mini_convnext.pth"
+ITERS = 12
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _isolated_process():
+    """One intra-op thread (tiny tensors; robust on a busy machine); LOCAL_RANK, which the command sets as the
+    original does, is kept out of the other tests' environment."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LOCAL_RANK", "0")
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        mp.delenv(name, raising=False)
+    yield
+    mp.undo()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return make_synthetic_cityscapes(tmp_path_factory.mktemp("synthetic"), num_train=4, num_val=1, size=(64, 128))
+
+
+def tiny_options(root: Path, iters: int = ITERS) -> list[str]:
+    """--cfg-options shrinking the quickstart run: 32x64 crops, one image per batch, a fast warm-up."""
+    return [
+        *(f"data.{split}.data_root={root}" for split in ("train", "val", "test")),
+        f"runner.max_iters={iters}", f"checkpoint_config.interval={iters // 2}", f"evaluation.interval={iters}",
+        "log_config.interval=1", "data.samples_per_gpu=1", "optimizer.lr=0.002", "lr_config.warmup_iters=2",
+        "data.train.pipeline.2.img_scale=(128,64)", "data.train.pipeline.3.crop_size=(32,64)",
+        "data.train.pipeline.7.size=(32,64)", "data.val.pipeline.1.img_scale=(128,64)",
+    ]
+
+
+def train_cli(work_dir: Path, *args: str, options: list[str]) -> int:
+    return main(["train", CONFIG, "--work-dir", str(work_dir), "--no-progress", *args, "--cfg-options", *options])
+
+
+def train_records(work_dir: Path) -> list[dict]:
+    lines = (work_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["mode"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def trained(data_root, tmp_path_factory):
+    """One uninterrupted run of ITERS iterations, checkpoints at ITERS/2 and ITERS."""
+    work_dir = tmp_path_factory.mktemp("run") / "work"
+    assert train_cli(work_dir, "--seed", "3", options=tiny_options(data_root)) == 0
+    return work_dir
+
+
+def test_train_cli_loss_falls_and_writes_checkpoints_logs_metrics_and_config(trained):
+    losses = [r["loss"] for r in train_records(trained)]
+    assert len(losses) == ITERS and all(map(torch.isfinite, torch.tensor(losses)))
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3, losses
+    assert json.loads((trained / "latest.json").read_text())["checkpoint"] == f"iter_{ITERS}.json"
+    assert (trained / f"iter_{ITERS // 2}.safetensors").is_file()
+    assert (trained / f"best_mIoU_iter_{ITERS}.json").is_file()
+    assert list(trained.glob("*.log")) and (trained / "tf_logs").is_dir()
+    assert (trained / Path(CONFIG).name).is_file()  # the merged config, as mmseg dumps it
+    meta = json.loads((trained / f"iter_{ITERS}.json").read_text())["meta"]
+    assert meta["seed"] == 3 and len(meta["CLASSES"]) == 19 and meta["exp_name"] == Path(CONFIG).name
+
+
+def test_resume_from_the_middle_checkpoint_ends_bit_identical(trained, tmp_path, data_root, capsys):
+    half = ITERS // 2
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    for file in trained.glob(f"iter_{half}.*"):
+        shutil.copy(file, resumed / file.name)
+    # No --seed: the run's seed comes from the checkpoint.
+    assert train_cli(resumed, "--resume", str(resumed / f"iter_{half}.json"), options=tiny_options(data_root)) == 0
+    first, second = load_file(trained / f"iter_{ITERS}.safetensors"), load_file(resumed / f"iter_{ITERS}.safetensors")
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+    logged = [[(r["iter"], r["lr"], r["loss"]) for r in train_records(w)] for w in (trained, resumed)]
+    assert logged[1] == logged[0][half:]
+    assert f"resumed from {resumed / f'iter_{half}.json'} at iteration {half}" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(trained, tmp_path, data_root, capsys):
+    options = [*tiny_options(data_root), "model.decode_head.encoder.num_layers=1"]
+    assert train_cli(tmp_path / "other", "--resume", str(trained), options=options) == 1
+    err = capsys.readouterr().err
+    assert "refusing to resume" in err and "num_layers" in err
+
+
+def test_self_aligned_model_trains_from_an_official_checkpoint(tmp_path, data_root):
+    options = [*tiny_options(data_root, iters=2), "model.type=SelfAlignedDDP", "lr_config.warmup_iters=50"]
+    assert train_cli(tmp_path / "aligned", "--load-from", str(FIXTURE), "--no-validate", options=options) == 0
+    trained = load_file(tmp_path / "aligned" / "iter_2.safetensors")
+    official = torch.load(FIXTURE, weights_only=True)
+    official = official.get("state_dict", official)
+    key = "backbone.downsample_layers.0.0.weight"  # same name in both layouts
+    # Two warm-up steps at lr ~1e-5 move the weights by ~1e-5: they started from the checkpoint.
+    torch.testing.assert_close(trained[key], official[key], rtol=0, atol=1e-3)
+    assert not torch.equal(trained[key], official[key])
+    assert json.loads((tmp_path / "aligned" / "iter_2.json").read_text())["model_config"]["type"] == "SelfAlignedDDP"
+
+
+def test_load_from_with_another_class_count_names_the_keys(tmp_path, data_root, capsys):
+    state = torch.load(FIXTURE, weights_only=True)
+    state = dict(state.get("state_dict", state))
+    state["decode_head.conv_seg.weight"] = state["decode_head.conv_seg.weight"][:8]
+    state["decode_head.conv_seg.bias"] = state["decode_head.conv_seg.bias"][:8]
+    torch.save(state, tmp_path / "eight_classes.pth")
+    assert train_cli(tmp_path / "w", "--load-from", str(tmp_path / "eight_classes.pth"),
+                     options=tiny_options(data_root)) == 1
+    err = capsys.readouterr().err
+    assert "decode_head.conv_seg.weight: checkpoint (8, 64, 1, 1) vs model (19, 64, 1, 1)" in err
+    assert "the checkpoint predicts 8 classes, the config 19" in err
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["evaluation.intervl=5"], "unknown key 'intervl' (did you mean 'interval'?) in evaluation"),
+        (["data.train.data_root=/nonexistent/ddpseg"], "/nonexistent/ddpseg"),
+        (["data.train.img_suffx=.png"], "img_suffx"),
+        (["optimizer.paramwise_cfg.custom_key=1"], "custom_key"),
+    ],
+)
+def test_bad_configs_fail_naming_the_key_or_file(options, message, tmp_path, data_root, capsys):
+    assert train_cli(tmp_path / "w", options=[*tiny_options(data_root), *options]) == 1
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
+def test_non_finite_loss_stops_naming_the_iteration(tmp_path, data_root, capsys):
+    options = [*tiny_options(data_root), "data.train.pipeline.6.std=[0,0,0]"]  # (img - mean) / 0
+    assert train_cli(tmp_path / "w", "--no-validate", options=options) == 1
+    err = capsys.readouterr().err
+    assert "non-finite loss at iteration 1" in err and "none saved in this run" in err
+
+
+def test_unwritable_work_dir_fails_before_training(tmp_path, data_root, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert train_cli(blocker / "work", options=tiny_options(data_root)) == 1
+    assert str(blocker / "work") in capsys.readouterr().err
+
+
+def test_the_original_train_arguments_parse():
+    args = build_parser().parse_args([
+        "train", "cfg.py", "--work-dir", "w", "--load-from", "a.pth", "--resume-from", "b.json", "--no-validate",
+        "--gpus", "1", "--seed", "7", "--deterministic", "--options", "x=1", "--launcher", "pytorch",
+        "--local_rank", "1", "--auto-resume", "--diff_seed",
+    ])
+    assert (args.work_dir, args.load_from, args.resume_from, args.no_validate) == ("w", "a.pth", "b.json", True)
+    assert (args.gpus, args.seed, args.deterministic, args.options, args.launcher) == (1, 7, True, {"x": 1}, "pytorch")
+    assert (args.local_rank, args.auto_resume, args.diff_seed) == (1, True, True)
+    args = build_parser().parse_args(["train", "cfg.py", "--gpu-ids", "2", "3", "--local-rank=2", "--resume",
+                                      "--cfg-options", "a.b=[1,2]", "--amp", "bf16", "--device", "cpu"])
+    assert (args.gpu_ids, args.local_rank, args.resume, args.cfg_options) == ([2, 3], 2, "auto", {"a.b": [1, 2]})
+    assert build_parser().parse_args(["train", "cfg.py", "--resume", "x.json"]).resume == "x.json"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--options", "a=1", "--cfg-options", "a=2"], "cannot be both specified"),
+    (["--launcher", "slurm"], "launch with torchrun"),
+    (["--resume", "a", "--resume-from", "b"], "cannot be both specified"),
+])
+def test_conflicting_or_unsupported_arguments_are_refused(extra, message, capsys):
+    assert main(["train", CONFIG, *extra]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_tools_train_py_runs_the_train_command(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "tools/train.py"), str(tmp_path / "missing.py")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "config file not found" in result.stderr
+
+
+def test_plot_log_draws_the_curves_of_a_work_dir(trained, tmp_path, capsys):
+    out = tmp_path / "curves.png"
+    assert main(["plot-log", str(trained), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["plot-log", str(tmp_path)]) == 1
+    assert "holds no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_quickstart_writes_overlay_uncertainty_curves_and_results_into_one_folder(tmp_path, capsys):
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--out", str(out), "--iters", "2", "--num-train", "2", "--num-val", "1"]) == 0
+    for name in ("demo_overlay.png", "demo_uncertainty.png", "training_curves.png", "results.json"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    assert 0 <= results["mIoU"] <= 1 and results["iters"] == 2
+    printed = capsys.readouterr().out
+    assert str(out / "demo_overlay.png") in printed and "mIoU" in printed
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dist_train_sh_trains_two_cpu_processes_that_end_with_identical_parameters(tmp_path, data_root):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PORT": str(_free_port()), "PYTHON": sys.executable}
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    work_dir = tmp_path / "dist"
+    command = ["bash", str(REPO / "tools/dist_train.sh"), CONFIG, "2", "--work-dir", str(work_dir), "--seed", "0",
+               "--no-progress", "--cfg-options", *tiny_options(data_root, iters=4)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert "parameters identical on all 2 processes" in result.stderr
+    assert json.loads((work_dir / "latest.json").read_text())["checkpoint"] == "iter_4.json"
+    state = torch.load(work_dir / "iter_4.state.pt", weights_only=True)
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
