@@ -49,6 +49,21 @@ def _config_from_checkpoint(checkpoint: PathLike) -> Config:
     return Config(parse_config_text(meta["config"], str(checkpoint)), filename=str(checkpoint))
 
 
+def resolve_checkpoint(checkpoint: PathLike) -> Path:
+    """A training work dir or its ``iter_N.json`` / ``latest.json`` → the weights file it describes."""
+    path = Path(checkpoint)
+    if path.is_dir() or path.name == "latest.json":
+        from .engine.checkpoint import find_latest
+
+        found = find_latest(path if path.is_dir() else path.parent)
+        if found is None:
+            raise CheckpointError(f"{path} holds no latest.json: pass a checkpoint file")
+        path = found
+    if path.suffix == ".json":
+        path = path.with_suffix(".safetensors")
+    return path
+
+
 def init_model(
     config: Union[PathLike, Mapping[str, Any], Config, None],
     checkpoint: Optional[PathLike] = None,
@@ -57,10 +72,13 @@ def init_model(
 ) -> DDP:
     """Build the segmentor of ``config`` and load ``checkpoint`` (official ``.pth`` or ddpseg ``.safetensors``).
 
-    ``config`` may be ``None`` when the checkpoint is a ddpseg one that carries its config. The model is
+    ``config`` may be ``None`` when the checkpoint is a ddpseg one that carries its config. ``checkpoint``
+    may also be a training work dir (its latest checkpoint) or a checkpoint's ``.json`` metadata file. The model is
     returned in eval mode on ``device`` with ``model.cfg`` (the full config) and, when known,
     ``model.class_names`` / ``model.palette`` from the checkpoint's metadata.
     """
+    if checkpoint is not None:
+        checkpoint = resolve_checkpoint(checkpoint)
     if config is None:
         if checkpoint is None:
             raise ConfigError("init_model needs a config, a checkpoint that carries one, or both")

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+
+from .atomic import atomic_write
 
 __all__ = [
     "convert_official_state_dict",
@@ -159,21 +160,6 @@ def load_model_weights(model: nn.Module, path_or_state: Union[PathLike, Mapping[
     return meta
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_ddpseg_checkpoint(
     model_or_state: Union[nn.Module, Mapping[str, Tensor]],
     out: PathLike,
@@ -204,7 +190,7 @@ def save_ddpseg_checkpoint(
         text = (config if isinstance(config, Config) else Config(dict(config))).pretty_text
         metadata["config"] = text
     weights = out.parent / (out.name + ".safetensors")
-    _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata=metadata))
+    atomic_write(weights, lambda tmp: save_file(state, tmp, metadata=metadata))
     if text is not None:
-        _atomic_write(out.parent / (out.name + ".py"), lambda tmp: Path(tmp).write_text(text))
+        atomic_write(out.parent / (out.name + ".py"), lambda tmp: Path(tmp).write_text(text))
     return weights

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 import cv2
 import numpy as np
+
+from .atomic import atomic_write
 import torch
 from PIL import Image
 
@@ -229,21 +230,8 @@ def uncertainty_heatmap(
 
 
 def _write_atomic(path: PathLike, write: Callable[[str], None]) -> Path:
-    """Run ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
-
-    Readers never see a half-written file, and an interrupted run leaves no partial output.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Readers never see a half-written file, and an interrupted run leaves no partial output."""
+    return atomic_write(path, lambda tmp: write(str(tmp)), keep_suffix=True)
 
 
 def save_image(path: PathLike, rgb: np.ndarray) -> Path:

@@ -34,6 +34,9 @@ from torch import nn
 
 import ddpseg
 
+from ..atomic import AtomicWriteError
+from ..atomic import atomic_write as _atomic_write
+
 FORMAT = "ddpseg-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS_SUFFIX = ".safetensors"
@@ -50,41 +53,12 @@ class CheckpointError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------- atomic writing
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":  # directories cannot be opened for fsync on Windows
-        return
-    _fsync_path(directory)
-
-
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write ``path`` via ``write(temp_path)`` + fsync + rename, so ``path`` is either the old or the new file.
-
-    A failure (full disk, file-size limit, read-only or missing directory) becomes a :class:`CheckpointError`
-    naming ``path``; the temporary file is removed and ``path`` is untouched.
-    """
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    """:func:`ddpseg.atomic.atomic_write`, failures reported as :class:`CheckpointError` naming ``path``."""
     try:
-        write(tmp)
-        _fsync_path(tmp)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException as err:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        if isinstance(err, Exception) and not isinstance(err, CheckpointError):
-            reason = err.strerror if isinstance(err, OSError) and err.strerror else err
-            raise CheckpointError(f"could not write {path}: {reason}") from err
-        raise
+        _atomic_write(path, write)
+    except AtomicWriteError as err:
+        raise CheckpointError(str(err)) from err.__cause__
 
 
 def _write_json(path: Path, obj: Any) -> None:
