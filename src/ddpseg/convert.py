@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .atomic import atomic_write
+from .engine.checkpoint import CheckpointError, load_checkpoint, load_weights
 
 __all__ = [
     "convert_official_state_dict",
@@ -29,8 +30,6 @@ __all__ = [
 PathLike = Union[str, os.PathLike]
 
 
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read or does not fit the model (the message lists the keys)."""
 
 
 # official name pattern → ours; applied in order, first match wins, backbone keys are kept as they are
@@ -88,75 +87,61 @@ def convert_official_state_dict(state_dict: Mapping[str, Any]) -> Dict[str, Any]
     return out
 
 
-def _unwrap(obj: Any, path: PathLike) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
-    """(state_dict, meta) from the containers people save: {'state_dict', 'meta'}, {'model'}, or a plain dict."""
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: expected a dict of tensors or a {{'state_dict': ...}} checkpoint, got {type(obj).__name__}")
-    meta = dict(obj.get("meta") or {}) if isinstance(obj.get("meta"), Mapping) else {}
-    for wrapper in ("state_dict", "model", "module"):
-        if wrapper in obj and isinstance(obj[wrapper], Mapping):
-            obj = obj[wrapper]
-            break
-    state = {}
-    for key, value in obj.items():
-        if not isinstance(value, Tensor):
-            raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
-        state[key[len("module."):] if key.startswith("module.") else key] = value
-    return state, meta
+def _safetensors_header(path: Path) -> Dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as err:  # safetensors raises its own error types for truncated or foreign files
+        raise CheckpointError(f"could not read weights {path}: {err}") from err
 
 
 def read_checkpoint(path: PathLike) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
-    """Read weights and metadata from ``.safetensors`` or ``.pth``/``.pt`` without unpickling code."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
+    """(state_dict, meta) of any checkpoint :func:`ddpseg.engine.checkpoint.load_checkpoint` reads.
 
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = dict(f.metadata() or {})
-                state = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as err:  # safetensors raises its own error types
-            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
-        return state, meta
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(
-            f"{path}: cannot be read with torch.load(weights_only=True) ({err}). ddpseg never unpickles code; "
-            "convert the file to a plain state dict or safetensors first."
-        ) from None
-    return _unwrap(obj, path)
-
-
-def load_model_weights(model: nn.Module, path_or_state: Union[PathLike, Mapping[str, Tensor]], strict: bool = True) -> Dict[str, Any]:
-    """Load a checkpoint (official or ddpseg layout) into ``model``; returns the checkpoint's metadata.
-
-    Auxiliary-head weights missing on either side are tolerated (that head only matters for training).
-    Any other missing, unexpected or mis-shaped key raises :class:`CheckpointError` listing them.
+    ``meta`` gathers what describes the weights: mmseg's ``meta`` (CLASSES, PALETTE, ...), the safetensors
+    header of a ddpseg file, and a training checkpoint's config text under ``'config'``.
     """
-    if isinstance(path_or_state, Mapping):
-        state, meta, source = dict(path_or_state), {}, "state dict"
-    else:
-        state, meta = read_checkpoint(path_or_state)
-        source = str(path_or_state)
+    ckpt = load_checkpoint(path)
+    meta: Dict[str, Any] = dict(ckpt["meta"] or {})
+    if ckpt["format"] == "safetensors":
+        meta.update(_safetensors_header(Path(ckpt["path"])))
+    if ckpt.get("config"):
+        meta.setdefault("config", ckpt["config"])
+    return ckpt["state_dict"], meta
+
+
+def _fit_to_model(state: Dict[str, Tensor], model: nn.Module) -> Dict[str, Tensor]:
+    """Official names → ours; auxiliary-head weights absent on either side are tolerated (training-only head)."""
     if is_official_state_dict(state):
         state = convert_official_state_dict(state)
     own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.startswith("auxiliary_head.")]
-    unexpected = [k for k in state if k not in own and not k.startswith("auxiliary_head.")]
-    mis_shaped = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
-    if strict and (missing or unexpected or mis_shaped):
-        lines = [f"{source} does not fit the model:"]
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mis_shaped)):
-            if items:
-                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
-        if mis_shaped and any("decode_head.conv_seg" in m or "label_encoder" in m for m in mis_shaped):
-            lines.append("  (the number of classes differs between the checkpoint and the config)")
-        raise CheckpointError("\n".join(lines))
-    loadable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
-    model.load_state_dict(loadable, strict=False)
+    state = {k: v for k, v in state.items() if k in own or not k.startswith("auxiliary_head.")}
+    for key, value in own.items():
+        if key.startswith("auxiliary_head.") and key not in state:
+            state[key] = value  # keep the model's own
+    return state
+
+
+def load_model_weights(model: nn.Module, path_or_state: Union[PathLike, Mapping[str, Tensor]], strict: bool = True) -> Dict[str, Any]:
+    """Load a checkpoint (official or ddpseg layout, any format :func:`read_checkpoint` takes) into ``model``.
+
+    Any missing, unexpected or mis-shaped key (auxiliary head aside) raises :class:`CheckpointError`
+    listing them. Returns the checkpoint's metadata.
+    """
+    if isinstance(path_or_state, Mapping):
+        state, meta = dict(path_or_state), {}
+    else:
+        state, meta = read_checkpoint(path_or_state)
+    try:
+        load_weights(model, _fit_to_model(state, model), strict=strict)
+    except CheckpointError as err:
+        hint = ""
+        if "decode_head.conv_seg" in str(err) or "label_encoder" in str(err):
+            hint = "\n  (the number of classes differs between the checkpoint and the config?)"
+        source = path_or_state if not isinstance(path_or_state, Mapping) else "state dict"
+        raise CheckpointError(f"{source}: {err}{hint}") from None
     return meta
 
 
