@@ -1,9 +1,10 @@
 """Training-step time and peak memory of the full DDP ConvNeXt-T Cityscapes config at batch 1, 512x1024.
 
 One step = forward_train (backbone, neck, one noised decoder pass, auxiliary head) + backward + AdamW step with
-the config's paramwise rules, on random images and labels. Reports the median (and min/max) of ``--steps``
-timed steps after ``--warmup`` untimed ones, and the peak memory: the process's peak resident set size on the
-CPU, ``torch.cuda.max_memory_allocated`` on a GPU.
+the config's paramwise rules, on random images and labels. Reports the median of ``--steps`` timed steps
+after ``--warmup`` untimed ones, and the peak memory: the process's peak resident set size on the CPU,
+``torch.cuda.max_memory_allocated`` on a GPU. (``ddpseg benchmark CONFIG --train`` times a step too, with a plain
+AdamW and FLOP counts; this one takes the step exactly as ``ddpseg train`` does.)
 
     python benchmarks/train_step.py                    # CPU, and CUDA when available
     python benchmarks/train_step.py --devices cpu --steps 3 --warmup 1 --threads 2
@@ -14,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shlex
-import statistics
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ddpseg.benchmark import peak_memory_mib, timed
 from ddpseg.config import Config
 from ddpseg.engine.distributed import revert_sync_batchnorm
 from ddpseg.engine.optimizer import build_optimizer
@@ -49,13 +49,8 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
-
-
 def measure(cfg: Config, device: torch.device, args: argparse.Namespace) -> dict:
+    """One training step as the trainer takes it: the config's optimizer (paramwise rules), per-process BN."""
     torch.manual_seed(0)
     model = revert_sync_batchnorm(build_model(cfg.model)).to(device).train()
     optimizer = build_optimizer(model, cfg.optimizer)
@@ -63,26 +58,20 @@ def measure(cfg: Config, device: torch.device, args: argparse.Namespace) -> dict
     img = torch.randn(args.batch, 3, h, w, device=device)
     gt = torch.randint(0, model.num_classes, (args.batch, 1, h, w), device=device)
     dtype = AMP_DTYPES.get(args.amp) if args.amp else None
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for step in range(args.warmup + args.steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
+
+    def step() -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss, _ = parse_losses(model.forward_train(img, gt))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
-    memory = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mib()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = timed(step, device, args.steps, args.warmup)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    return {"device": name, "median": statistics.median(times), "min": min(times), "max": max(times),
-            "memory": memory, "params": sum(p.numel() for p in model.parameters())}
+    return {"device": name, "median": seconds, "memory": peak_memory_mib(device),
+            "params": sum(p.numel() for p in model.parameters())}
 
 
 def train_step_table(args: argparse.Namespace) -> None:
@@ -93,13 +82,12 @@ def train_step_table(args: argparse.Namespace) -> None:
     rows = [measure(cfg, torch.device(d), args) for d in devices]
     print(f"\nconfig {Path(args.config).name}: batch {args.batch}, {args.size[0]}x{args.size[1]}, amp {args.amp}, "
           f"torch {torch.__version__}, {rows[0]['params'] / 1e6:.1f}M parameters; "
-          f"{args.steps} timed steps after {args.warmup} warm-up")
-    print(f"| {'device':<34} | step median (s) | min (s) | max (s) | peak memory (MiB) |")
-    print(f"|{'-' * 36}|-----------------|---------|---------|-------------------|")
+          f"median of {args.steps} steps after {args.warmup} warm-up")
+    print(f"| {'device':<34} | training step (s) | peak memory (MiB) |")
+    print(f"|{'-' * 36}|-------------------|-------------------|")
     for r in rows:
-        kind = "RSS" if r["device"].startswith("cpu") else "CUDA"
-        print(f"| {r['device']:<34} | {r['median']:15.3f} | {r['min']:7.3f} | {r['max']:7.3f} | "
-              f"{r['memory']:10.0f} ({kind}) |")
+        kind = "process RSS" if r["device"].startswith("cpu") else "CUDA alloc"
+        print(f"| {r['device']:<34} | {r['median']:17.3f} | {r['memory']:6.0f} {kind:<11}|")
 
 
 def quickstart_table(args: argparse.Namespace) -> None:
@@ -112,10 +100,10 @@ def quickstart_table(args: argparse.Namespace) -> None:
             raise SystemExit("quickstart failed")
         wall = time.perf_counter() - start
         results = json.loads((out / "results.json").read_text())
-    print(f"\n| quickstart | iterations | mIoU (%) | aAcc (%) | training (s) | wall (s) | torch | threads |")
-    print("|------------|------------|----------|----------|--------------|----------|-------|---------|")
+    print(f"\n| quickstart | iterations | mIoU (%) | aAcc (%) | training (s) | wall (s) | torch       | threads |")
+    print("|------------|------------|----------|----------|--------------|----------|-------------|---------|")
     print(f"| {results['device']:<10} | {results['iters']:10d} | {100 * results['mIoU']:8.2f} | "
-          f"{100 * results['aAcc']:8.2f} | {results['train_s']:12.0f} | {wall:8.0f} | {torch.__version__} | "
+          f"{100 * results['aAcc']:8.2f} | {results['train_s']:12.0f} | {wall:8.0f} | {torch.__version__:<11} | "
           f"{results['threads']:7d} |")
 
 

@@ -210,7 +210,8 @@ def test_plot_log_draws_the_curves_of_a_work_dir(trained, tmp_path, capsys):
 def test_quickstart_writes_overlay_uncertainty_curves_and_results_into_one_folder(tmp_path, capsys):
     out = tmp_path / "qs"
     assert main(["quickstart", "--out", str(out), "--iters", "2", "--num-train", "2", "--num-val", "1"]) == 0
-    for name in ("demo_overlay.png", "demo_uncertainty.png", "training_curves.png", "results.json"):
+    for name in ("demo_overlay.png", "demo_uncertainty.png", "demo_comparison.png", "training_curves.png",
+                 "results.json"):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     assert 0 <= results["mIoU"] <= 1 and results["iters"] == 2

@@ -5,7 +5,8 @@
    (checkpoints, text log, ``metrics.jsonl`` and TensorBoard scalars in ``OUT/work_dir``; run it again to
    continue an interrupted run, delete ``OUT`` to start over);
 3. evaluates it on the validation images (mIoU table);
-4. segments a validation image: ``OUT/demo_overlay.png`` and ``OUT/demo_uncertainty.png`` (entropy);
+4. segments a validation image: ``OUT/demo_overlay.png``, ``OUT/demo_uncertainty.png`` (entropy) and
+   ``OUT/demo_comparison.png`` (image | prediction | ground truth);
 5. draws the training curves, ``OUT/training_curves.png``, and writes ``OUT/results.json``.
 """
 
@@ -46,6 +47,7 @@ def _config_path(args: argparse.Namespace) -> Path:
 
 
 def _quickstart(args: argparse.Namespace) -> int:
+    import numpy as np
     import torch
 
     from ..api import load_config
@@ -56,7 +58,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     from ..engine.outputs import check_output_dir
     from ..engine.runner import run_training
     from ..inference import inference, show_result
-    from ..visualize import plot_training_curves, save_image, uncertainty_heatmap
+    from ..visualize import colorize, plot_training_curves, save_image, uncertainty_heatmap
 
     if args.iters is not None and args.iters < 1:
         raise ValueError(f"--iters must be >= 1, got {args.iters}")
@@ -92,6 +94,9 @@ def _quickstart(args: argparse.Namespace) -> int:
     overlay_png = out / "demo_overlay.png"
     show_result(result, out_file=overlay_png)
     uncertainty_png = save_image(out / "demo_uncertainty.png", uncertainty_heatmap(result.entropy, vmin=0.0))
+    # The synthetic images are drawn in the palette's colours, so an overlay hides mistakes: compare side by side.
+    panels = [result.image, colorize(result.labels, val_set.PALETTE), colorize(val_set.get_gt_seg_map(0), val_set.PALETTE)]
+    comparison_png = save_image(out / "demo_comparison.png", np.concatenate(panels, axis=1))
 
     print("[5/5] drawing the training curves", flush=True)
     curves_png = plot_training_curves(work_dir / "metrics.jsonl", out / "training_curves.png")
@@ -110,6 +115,7 @@ def _quickstart(args: argparse.Namespace) -> int:
         f"  checkpoints+logs {work_dir}  (latest: {work_dir / 'latest.json'})\n"
         f"  overlay          {overlay_png}  (input: {image})\n"
         f"  uncertainty      {uncertainty_png}\n"
+        f"  comparison       {comparison_png}  (image | prediction | ground truth)\n"
         f"  training curves  {curves_png}\n"
         f"  numbers          {results_json}\n"
         f"next: ddpseg demo IMAGE {work_dir / Path(cfg.filename).name} {weights} OUT.png --uncertainty",

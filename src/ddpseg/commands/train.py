@@ -100,7 +100,7 @@ def _train(args: argparse.Namespace) -> int:
         run_training(
             cfg, work_dir=work_dir, resume=resume, load_from=args.load_from, seed=args.seed,
             diff_seed=args.diff_seed, deterministic=args.deterministic, amp=args.amp, device=_device(args),
-            validate=not args.no_validate, progress=False if args.no_progress else None,
+            validate=not args.no_validate, progress=False if args.no_progress else None, print_eval_tables=True,
         )
         main = get_rank() == 0
     except NonFiniteLossError as err:

@@ -135,7 +135,9 @@ def make_train_loader_fn(
     number of workers. Epochs end at their last full batch (``drop_last``), as mmseg's training loader.
     """
     if samples_per_gpu < 1 or workers_per_gpu < 0:
-        raise ValueError(f"samples_per_gpu must be >= 1 and workers_per_gpu >= 0, got {samples_per_gpu}, {workers_per_gpu}")
+        raise ValueError(
+            f"samples_per_gpu must be >= 1 and workers_per_gpu >= 0, got {samples_per_gpu}, {workers_per_gpu}"
+        )
 
     def loader_fn(start_iter: int, seed: int) -> Iterator[dict[str, Any]]:
         sampler = ShardedSampler(

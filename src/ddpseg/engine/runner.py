@@ -2,8 +2,8 @@
 
 mmseg's ``tools/train.py`` + ``train_segmentor`` in one flat function, :func:`run_training`:
 check the config → join the torchrun group → seed (shared seed; ``+ rank`` with ``diff_seed``) → build the model
-(with its ImageNet backbone unless weights come from a checkpoint) → ``load_from`` weights → datasets → this rank's
-training iterator and the periodic evaluation → :func:`ddpseg.engine.trainer.train` → check that every process
+(with its ImageNet backbone unless weights come from a checkpoint) → ``load_from`` weights → datasets → this
+rank's training iterator and the periodic evaluation → :func:`ddpseg.engine.trainer.train` → check that every process
 ended with the same parameters.
 """
 
@@ -29,16 +29,16 @@ from ddpseg.data.loader import make_train_loader_fn
 from ddpseg.engine.checkpoint import (
     CheckpointError,
     PathLike,
-    _resolve_ddpseg_meta,
+    _resolve_ddpseg_meta,  # which metadata file a checkpoint path means (work dir, latest.json, iter_N.*)
     describe_mismatch,
     find_latest,
     load_checkpoint,
     load_weights,
     state_dict_mismatch,
 )
-from ddpseg.engine.distributed import all_gather_objects, barrier, init_distributed
+from ddpseg.engine.distributed import all_gather_objects, all_ranks_ok, init_distributed
 from ddpseg.engine.evaluate import evaluate_dataset
-from ddpseg.engine.outputs import check_output_dir
+from ddpseg.engine.outputs import OutputError, check_output_dir
 from ddpseg.engine.rng import seed_everything
 from ddpseg.engine.settings import parse_settings
 from ddpseg.engine.trainer import train
@@ -122,7 +122,8 @@ def load_initial_weights(model: nn.Module, path: PathLike) -> dict[str, Any]:
     state = _to_ddpseg_names(checkpoint["state_dict"], model)
     missing, unexpected, mis_shaped = state_dict_mismatch(model.state_dict(), state)
     if missing or unexpected or mis_shaped:
-        message = f"load_from {path} does not fit {type(model).__name__}:\n{describe_mismatch(missing, unexpected, mis_shaped)}"
+        report = describe_mismatch(missing, unexpected, mis_shaped)
+        message = f"load_from {path} does not fit {type(model).__name__}:\n{report}"
         seg = state.get("decode_head.conv_seg.weight")
         if seg is not None and seg.shape[0] != getattr(model, "num_classes", seg.shape[0]):
             message += (f"\n  the checkpoint predicts {seg.shape[0]} classes, the config {model.num_classes} "
@@ -220,10 +221,15 @@ def run_training(
         elif stored_seed is not None and stored_seed != seed:
             warnings.warn(f"--seed {seed} differs from the resumed run's seed {stored_seed}: the data order will "
                           "not continue the interrupted run exactly", stacklevel=2)
+    error: Optional[Exception] = None
     if main:
-        check_output_dir(work_dir, "work dir")
-        cfg.dump(work_dir / (Path(cfg.filename).name if cfg.filename else "config.py"))
-    barrier()
+        try:
+            check_output_dir(work_dir, "work dir")
+            cfg.dump(work_dir / (Path(cfg.filename).name if cfg.filename else "config.py"))
+        except (OSError, ConfigError) as err:
+            error = err
+    if not all_ranks_ok(error is None):  # all processes stop together rather than wait for rank 0
+        raise error or OutputError(f"rank 0 could not prepare the work dir {work_dir}")
     seed = seed_everything(seed, diff_seed=diff_seed, deterministic=deterministic)
 
     weights_from_checkpoint = resume is not None or load_from is not None
