@@ -186,6 +186,7 @@ def test_the_original_train_arguments_parse():
 @pytest.mark.parametrize("extra, message", [
     (["--options", "a=1", "--cfg-options", "a=2"], "cannot be both specified"),
     (["--launcher", "slurm"], "launch with torchrun"),
+    (["--launcher", "pytorch"], "needs torchrun's environment"),
     (["--resume", "a", "--resume-from", "b"], "cannot be both specified"),
 ])
 def test_conflicting_or_unsupported_arguments_are_refused(extra, message, capsys):

@@ -66,6 +66,9 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise ValueError("--resume and --resume-from cannot be both specified")
     if args.launcher in ("slurm", "mpi"):
         raise ValueError(f"--launcher {args.launcher} is not supported; launch with torchrun (tools/dist_train.sh)")
+    if args.launcher == "pytorch" and "RANK" not in os.environ:
+        raise ValueError("--launcher pytorch needs torchrun's environment (RANK, WORLD_SIZE, ...); start it with "
+                         "torchrun or tools/dist_train.sh")
     if args.gpus is not None:
         warnings.warn("--gpus is deprecated: one process trains on one GPU; use tools/dist_train.sh for more",
                       stacklevel=2)
