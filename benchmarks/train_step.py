@@ -29,6 +29,7 @@ from ddpseg.engine.distributed import revert_sync_batchnorm
 from ddpseg.engine.optimizer import build_optimizer
 from ddpseg.engine.trainer import AMP_DTYPES, parse_losses
 from ddpseg.models.build import build_model
+from ddpseg.runtime import tune_cpu_allocator
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs/cityscapes/ddp_convnext_t_4x4_512x1024_160k_cityscapes.py"
@@ -51,6 +52,7 @@ def parse_args() -> argparse.Namespace:
 
 def measure(cfg: Config, device: torch.device, args: argparse.Namespace) -> dict:
     """One training step as the trainer takes it: the config's optimizer (paramwise rules), per-process BN."""
+    tune_cpu_allocator()  # as `ddpseg train` does
     torch.manual_seed(0)
     model = revert_sync_batchnorm(build_model(cfg.model)).to(device).train()
     optimizer = build_optimizer(model, cfg.optimizer)

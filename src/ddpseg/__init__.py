@@ -9,5 +9,6 @@ __version__ = "0.1.0"
 
 from .api import init_model, load_config  # noqa: E402
 from .inference import SegResult, inference, show_result  # noqa: E402
+from .runtime import tune_cpu_allocator  # noqa: E402
 
-__all__ = ["init_model", "load_config", "inference", "show_result", "SegResult", "__version__"]
+__all__ = ["init_model", "load_config", "inference", "show_result", "SegResult", "tune_cpu_allocator", "__version__"]

@@ -13,6 +13,7 @@ from .config import Config, ConfigError
 from .convert import CheckpointError, load_model_weights, read_checkpoint
 from .models.build import build_model
 from .models.segmentor import DDP
+from .runtime import tune_cpu_allocator
 from .safe_config import parse_config_text
 
 __all__ = ["init_model", "load_config"]
@@ -77,6 +78,7 @@ def init_model(
     returned in eval mode on ``device`` with ``model.cfg`` (the full config) and, when known,
     ``model.class_names`` / ``model.palette`` from the checkpoint's metadata.
     """
+    tune_cpu_allocator()
     if checkpoint is not None:
         checkpoint = resolve_checkpoint(checkpoint)
     if config is None:

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()
     args = build_parser().parse_args(argv)
     return int(args._run(args) or 0)
 

@@ -30,3 +30,15 @@ def test_chunked_path_is_skipped_when_training_needs_gradients(mini_model_cfg):
         assert not fast_decoder.can_decode_chunked(model.decode_head)
     model.eval()
     assert fast_decoder.can_decode_chunked(model.decode_head)
+
+
+def test_multi_stage_merging_mixes_each_level_before_resizing_exactly_like_the_concatenation():
+    import torch.nn.functional as F
+
+    from ddpseg.models.necks import MultiStageMerging
+
+    merge = MultiStageMerging([4, 4, 4], 6, norm_cfg=dict(type="GN", num_groups=2)).double().eval()
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(2, 4, 12 // s, 20 // s, generator=gen, dtype=torch.float64) for s in (1, 2, 4)]
+    resized = [F.interpolate(x, size=(12, 20), mode="bilinear", align_corners=False) for x in inputs]
+    torch.testing.assert_close(merge(inputs), merge.conv(torch.cat(resized, 1)), rtol=0, atol=1e-12)

@@ -32,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _setup(args):
     import torch
 
+    from ..runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()  # also in the spawned training worker
+
     from ..api import load_config
     from ..models.build import build_model
 

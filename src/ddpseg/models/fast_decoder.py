@@ -26,7 +26,7 @@ from .ms_deform_attn import bilinear_corners
 __all__ = ["decode_tokens_chunked", "can_decode_chunked"]
 
 # rows of the feature map per chunk: ~1–2k tokens keep a chunk's FFN hidden (tokens × 4C) in cache
-TARGET_TOKENS_PER_CHUNK = 1024
+TARGET_TOKENS_PER_CHUNK = 2048
 
 
 def can_decode_chunked(head: DeformableHeadWithTime) -> bool:
@@ -72,7 +72,7 @@ def _decode_one(
             r1 - r0, width, heads, head_dim
         )
         w_cat, b_cat = weights[layer_index]
-        sampling[r0 * width : r1 * width] = F.linear(x_c + pos[r0 * width : r1 * width], w_cat, b_cat)
+        torch.addmm(b_cat, x_c + pos[r0 * width : r1 * width], w_cat.t(), out=sampling[r0 * width : r1 * width])
 
     for r0, r1 in chunks:
         stage_a(0, r0, r1, x[r0 * width : r1 * width])
@@ -94,19 +94,26 @@ def _decode_one(
             core = F.embedding_bag(index, table, per_sample_weights=weight.view(n * heads, points * 4), mode="sum")
             x_c = x[t0:t1]
             attn = layer.attn
-            y = x_c + F.linear(core.view(n, channels), attn.output_proj.weight, attn.output_proj.bias)
+            # a + b == b + a bit for bit, so the in-place adds keep the module path's results
+            y = F.linear(core.view(n, channels), attn.output_proj.weight, attn.output_proj.bias).add_(x_c)
             y = F.layer_norm(y, (channels,), layer.norm1.weight, layer.norm1.bias, layer.norm1.eps)
             ffn = layer.ffn
-            hidden = F.linear(y, ffn.fc1.weight, ffn.fc1.bias)
-            y = y + F.linear(ffn.act(hidden), ffn.fc2.weight, ffn.fc2.bias)
+            hidden = _activation_(ffn.act, F.linear(y, ffn.fc1.weight, ffn.fc1.bias))
+            y = F.linear(hidden, ffn.fc2.weight, ffn.fc2.bias).add_(y)
             y = F.layer_norm(y, (channels,), layer.norm2.weight, layer.norm2.bias, layer.norm2.eps)
-            y = torch.addcmul(shift, y, scale1)
             if li + 1 < len(layers):
-                x[t0:t1] = y
-                stage_a(li + 1, r0, r1, y)
+                stage_a(li + 1, r0, r1, torch.addcmul(shift, y, scale1, out=x[t0:t1]))
             else:
-                out[t0:t1] = head.classify_tokens(y)
+                weight = head.conv_seg.weight
+                torch.addmm(head.conv_seg.bias, torch.addcmul(shift, y, scale1), weight.view(weight.shape[0], -1).t(), out=out[t0:t1])
     return out
+
+
+def _activation_(act: torch.nn.Module, x: Tensor) -> Tensor:
+    """The FFN activation applied in place where it is GELU (erf form, as nn.GELU()), else out of place."""
+    if isinstance(act, torch.nn.GELU) and act.approximate == "none":
+        return torch.ops.aten.gelu_(x)
+    return act(x)
 
 
 def _stage_a_weights(layer) -> Tuple[Tensor, Tensor]:

@@ -65,9 +65,25 @@ class MultiStageMerging(nn.Module):
         self.conv = ConvNormAct(sum(in_channels), out_channels, kernel_size, norm_cfg=norm_cfg, act_cfg=act_cfg)
 
     def forward(self, inputs: Sequence[Tensor]) -> Tensor:
+        """conv1×1(cat[resize(x_i)]) computed as Σ resize(W_i · x_i): bilinear resizing and a 1×1 conv are
+        both linear and commute, so each level is mixed at its own (smaller) resolution and the 4·C-channel
+        full-resolution concatenation is never built. Same result up to float rounding (tested)."""
+        conv = self.conv.conv
+        if conv.kernel_size != (1, 1):
+            size = inputs[0].shape[2:]
+            resized = [F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners) for x in inputs]
+            return self.conv(torch.cat(resized, dim=1))
         size = inputs[0].shape[2:]
-        resized = [F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners) for x in inputs]
-        return self.conv(torch.cat(resized, dim=1))
+        weights = conv.weight.split(self.in_channels, dim=1)
+        out = None
+        for x, weight in zip(inputs, weights):
+            mixed = F.conv2d(x, weight)
+            if mixed.shape[2:] != size:
+                mixed = F.interpolate(mixed, size=size, mode="bilinear", align_corners=self.align_corners)
+            out = mixed if out is None else out + mixed
+        if conv.bias is not None:
+            out = out + conv.bias.view(1, -1, 1, 1)
+        return self.conv.act(self.conv.norm(out))
 
 
 class DDPNeck(nn.Module):

@@ -1,0 +1,44 @@
+"""Process-level tuning of the CPU memory allocator.
+
+PyTorch allocates CPU tensors with ``malloc``. glibc serves allocations above its mmap threshold
+(128 KiB–32 MiB, adaptive) with fresh ``mmap`` pages and unmaps them on free, so every large tensor a
+step creates page-faults its memory in again. A decoder step makes hundreds of such tensors: measured
+here, a ``ddp_convnext_t`` training step took 28 s with the default and 16 s with large tensors kept on
+the heap; 3-step inference went from 9.3 s to 8.4 s (2 cores, 512×1024). ``tune_cpu_allocator`` raises
+the mmap and trim thresholds so freed memory is reused instead. The cost: the process keeps up to the
+trim threshold of free memory instead of returning it to the OS at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+__all__ = ["tune_cpu_allocator"]
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_THRESHOLD = 1 << 30  # 1 GiB
+_done = False
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep large CPU tensors on glibc's heap (Linux only; idempotent). Returns whether it applied.
+
+    Set ``DDPSEG_NO_ALLOCATOR_TUNING=1`` to leave the allocator alone.
+    """
+    global _done
+    if _done:
+        return True
+    if os.environ.get("DDPSEG_NO_ALLOCATOR_TUNING") == "1" or platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    _done = bool(mallopt(_M_MMAP_THRESHOLD, _THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _THRESHOLD))
+    return _done
