@@ -309,7 +309,8 @@ def train(
                     save(name, iteration, latest=False)
                     if main:
                         if previous and Path(previous).name != f"{name}.json":
-                            remove_checkpoint(Path(previous).parent, Path(previous).name[: -len(".json")])
+                            # only ever in this run's work dir: a run resumed elsewhere leaves the old dir alone
+                            remove_checkpoint(work_dir, Path(previous).name[: -len(".json")])
                         log.info(f"best {hook_msgs['best_key']} {hook_msgs['best_score']:.4f}: saved {name}")
             interval = settings.checkpoint_interval
             if (interval > 0 and iteration % interval == 0) or (settings.save_last and iteration == settings.max_iters):
