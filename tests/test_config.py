@@ -191,7 +191,7 @@ def test_quickstart_config_uses_the_mini_fixture_model():
     assert quick.data.train.pipeline[3].crop_size == (128, 256)
     assert quick.data.test.pipeline[1].img_scale == (512, 256)
     assert (quick.data.samples_per_gpu, quick.data.workers_per_gpu) == (2, 0)
-    assert (quick.runner.max_iters, quick.checkpoint_config.interval, quick.evaluation.interval) == (300, 100, 100)
+    assert (quick.runner.max_iters, quick.checkpoint_config.interval, quick.evaluation.interval) == (800, 200, 200)
     assert quick.lr_config.warmup_iters == 50
     assert quick.optimizer.type == "AdamW" and "momentum" not in quick.optimizer
 
