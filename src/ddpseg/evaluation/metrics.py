@@ -13,7 +13,7 @@ labels outside ``[0, num_classes)`` are not counted in any class (as mmseg's
 ``torch.histc`` does). A class that never occurs gets NaN, and the summary means
 skip NaN (``np.nanmean``).
 
-Differences from mmseg 0.x, on purpose:
+Where this differs to mmseg 0.x, on purpose:
 - the caller's label arrays are never modified (mmseg edits them in place when
   ``label_map`` or ``reduce_zero_label`` is used);
 - predictions may also be torch tensors on any device, or ``.png`` files;

@@ -1,6 +1,6 @@
 """Swin Transformer backbone with the numerics and state-dict names of mmseg 0.x (DDP's copy).
 
-Behaviour kept from mmseg on purpose:
+Behaviour kept as mmseg has it, on purpose:
 
 * patch embedding and patch merging pad the bottom/right ("corner") to a multiple of their stride,
   so odd sizes round up (120×200 → 30×50, 15×25, 8×13, 4×7);
