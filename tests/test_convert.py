@@ -58,3 +58,17 @@ def test_pickled_code_is_refused(tmp_path, mini_model):
         read_checkpoint(evil)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_model_weights(mini_model, tmp_path / "missing.pth")
+
+
+def test_init_model_takes_a_training_work_dir_or_its_metadata_file(tmp_path, mini_model, golden):
+    from ddpseg.config import Config
+    from ddpseg.engine.checkpoint import save_checkpoint, update_latest
+
+    text = Config.fromfile(FIXTURES / "mini_convnext_config.py").pretty_text
+    meta_path = save_checkpoint(tmp_path, "iter_4", state_dict=mini_model.state_dict(), iteration=4, config_text=text)
+    update_latest(tmp_path, "iter_4", 4)
+    img, noise = golden["inputs"]["main"], golden["main"]["noise"]
+    ref = mini_model.sample_logits(img, steps=1, noise=noise)
+    for source in (tmp_path, meta_path, tmp_path / "latest.json"):
+        model = ddpseg.init_model(None, source)
+        assert torch.equal(model.sample_logits(img, steps=1, noise=noise), ref), source

@@ -51,17 +51,15 @@ def _config_from_checkpoint(checkpoint: PathLike) -> Config:
 
 
 def resolve_checkpoint(checkpoint: PathLike) -> Path:
-    """A training work dir or its ``iter_N.json`` / ``latest.json`` → the weights file it describes."""
-    path = Path(checkpoint)
-    if path.is_dir() or path.name == "latest.json":
-        from .engine.checkpoint import find_latest
+    """A training work dir, its ``latest.json`` or an ``iter_N.json`` → the weights file they describe."""
+    from .engine.checkpoint import resolve_checkpoint_meta
 
-        found = find_latest(path if path.is_dir() else path.parent)
-        if found is None:
-            raise CheckpointError(f"{path} holds no latest.json: pass a checkpoint file")
-        path = found
-    if path.suffix == ".json":
-        path = path.with_suffix(".safetensors")
+    path = Path(checkpoint)
+    if path.is_dir() or path.suffix == ".json":
+        meta = resolve_checkpoint_meta(path)
+        if meta is None:
+            raise CheckpointError(f"{path} describes no ddpseg checkpoint: pass a checkpoint file")
+        path = meta.with_suffix(".safetensors")
     return path
 
 

@@ -268,7 +268,7 @@ def _download(url: str) -> Path:
     return target
 
 
-def _resolve_ddpseg_meta(path: Path) -> Optional[Path]:
+def resolve_checkpoint_meta(path: Path) -> Optional[Path]:
     """The ``.json`` metadata of our format that ``path`` refers to, or None for a foreign file."""
     if path.is_dir():
         latest = find_latest(path)
@@ -304,7 +304,7 @@ def load_checkpoint(path: PathLike, *, with_training_state: bool = False) -> dic
     if text.startswith(("http://", "https://")):
         path = _download(text)
     path = Path(path)
-    meta_path = _resolve_ddpseg_meta(path)
+    meta_path = resolve_checkpoint_meta(path)
     result: dict[str, Any] = dict.fromkeys(
         ("state_dict", "iter", "config", "model_config", "training_state", "optimizer"), None
     )

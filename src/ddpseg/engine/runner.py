@@ -29,7 +29,7 @@ from ddpseg.data.loader import make_train_loader_fn
 from ddpseg.engine.checkpoint import (
     CheckpointError,
     PathLike,
-    _resolve_ddpseg_meta,  # which metadata file a checkpoint path means (work dir, latest.json, iter_N.*)
+    resolve_checkpoint_meta,
     describe_mismatch,
     find_latest,
     load_checkpoint,
@@ -148,7 +148,7 @@ def parameters_agree(model: nn.Module) -> str:
 
 def _checkpoint_seed(path: PathLike) -> Optional[int]:
     """The shared seed stored in a ddpseg checkpoint's metadata (None for other formats)."""
-    meta_path = _resolve_ddpseg_meta(Path(path))
+    meta_path = resolve_checkpoint_meta(Path(path))
     if meta_path is None:
         return None
     try:
