@@ -42,3 +42,14 @@ def test_multi_stage_merging_mixes_each_level_before_resizing_exactly_like_the_c
     inputs = [torch.randn(2, 4, 12 // s, 20 // s, generator=gen, dtype=torch.float64) for s in (1, 2, 4)]
     resized = [F.interpolate(x, size=(12, 20), mode="bilinear", align_corners=False) for x in inputs]
     torch.testing.assert_close(merge(inputs), merge.conv(torch.cat(resized, 1)), rtol=0, atol=1e-12)
+
+
+def test_autocast_inference_falls_back_to_the_module_path_and_mostly_agrees_with_float32(mini_model, golden):
+    """Reduced precision is a sanity check here (labels mostly agree); its accuracy is measured in the notes."""
+    img, noise = golden["inputs"]["main"], golden["main"]["noise"]
+    ref = mini_model.sample_logits(img, steps=3, noise=noise).argmax(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fast_decoder.can_decode_chunked(mini_model.decode_head)
+        out = mini_model.sample_logits(img, steps=3, noise=noise)
+    assert out.shape == (1, 19, 128, 256)
+    assert (out.argmax(1) == ref).float().mean().item() > 0.95

@@ -30,9 +30,12 @@ TARGET_TOKENS_PER_CHUNK = 2048
 
 
 def can_decode_chunked(head: DeformableHeadWithTime) -> bool:
-    """The chunked path covers the published setting: one level, inference (no grad, or no dropout)."""
+    """The chunked path covers the published setting: one level, inference (no grad, or no dropout), float
+    arithmetic without autocast (its preallocated buffers hold one dtype)."""
     attn = head.layers[0].attn
-    return attn.num_levels == 1 and not (torch.is_grad_enabled() and head.training)
+    device_type = head.conv_seg.weight.device.type
+    autocast = torch.is_autocast_enabled(device_type) if device_type in ("cpu", "cuda") else False
+    return attn.num_levels == 1 and not (torch.is_grad_enabled() and head.training) and not autocast
 
 
 @torch.no_grad()
