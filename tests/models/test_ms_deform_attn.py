@@ -40,3 +40,27 @@ def test_gather_in_float32_stays_within_rounding_of_the_reference():
     value, loc, weights = _inputs([(32, 64)], batch=1, heads=8, dim=32, points=4, dtype=torch.float32)
     diff = (ms_deform_attn_gather(value, [(32, 64)], loc, weights) - ms_deform_attn_core(value, [(32, 64)], loc, weights))
     assert diff.abs().max().item() < 2e-6
+
+
+def test_set_sampler_swaps_the_core_and_none_restores_the_default():
+    from ddpseg.models import ms_deform_attn as msda
+
+    torch.manual_seed(0)
+    attn = msda.MultiScaleDeformableAttention(embed_dims=16, num_heads=2, num_levels=1, num_points=3)
+    torch.nn.init.normal_(attn.sampling_offsets.weight, std=0.5)
+    query = torch.randn(2, 6 * 8, 16)
+    ref = msda.reference_points([(6, 8)], torch.device("cpu"))
+    default = attn(query, None, ref, [(6, 8)])
+    calls = []
+
+    def reference(*args):
+        calls.append(1)
+        return ms_deform_attn_core(*args)
+
+    try:
+        msda.set_sampler(reference)
+        swapped = attn(query, None, ref, [(6, 8)])
+    finally:
+        msda.set_sampler(None)
+    assert calls and msda._sampler is msda.ms_deform_attn_gather
+    torch.testing.assert_close(swapped, default, rtol=0, atol=1e-5)

@@ -217,7 +217,3 @@ class MultiScaleDeformableAttention(nn.Module):
         value = self.value_proj(value).view(batch, num_value, self.num_heads, -1)
         locations, weights = self.sampling(query, ref_points, spatial_shapes)
         return self.output_proj(_sampler(value, spatial_shapes, locations, weights))
-
-
-def as_shapes(feats: List[Tensor]) -> List[Tuple[int, int]]:
-    return [(int(f.shape[-2]), int(f.shape[-1])) for f in feats]
