@@ -193,10 +193,10 @@ class DDP(nn.Module):
             noise = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
         elif tuple(noise.shape) != shape:
             raise ValueError(f"noise must have shape {shape} (randsteps·B, C, H/4, W/4), got {tuple(noise.shape)}")
-        x = x.repeat(reps, 1, 1, 1) if reps > 1 else x
         weight = self.transform.weight.view(channels, 2 * channels)
         w_img, w_mask = weight[:, :channels], weight[:, channels:]
-        img_part = F.linear(x.flatten(2).transpose(1, 2), w_img, self.transform.bias)  # (rB, Q, C), once
+        img_part = F.linear(x.flatten(2).transpose(1, 2), w_img, self.transform.bias)  # (B, Q, C), once
+        img_part = img_part.repeat(reps, 1, 1) if reps > 1 else img_part  # same for every random draw
         mask_t = noise.to(device=x.device, dtype=x.dtype).flatten(2).transpose(1, 2).contiguous()
         probs: List[Tensor] = []
         logits = mask_t.new_empty(0)
