@@ -138,6 +138,7 @@ def test_tools_test_prints_the_tables_and_writes_json_next_to_the_checkpoint(tra
         (["--aug-test"], "whole"),
         (["--cfg-options", "model.test_cfg.mode=slide", "model.test_cfg.crop_size=(48,48)", "model.test_cfg.stride=(32,32)"], "slide"),
         (["--steps", "1"], "whole"),
+        (["--amp", "bf16"], "whole"),
     ],
 )
 def test_aug_test_slide_and_steps_run_and_report_their_settings(trained, tmp_path, capsys, extra, mode):
@@ -148,6 +149,7 @@ def test_aug_test_slide_and_steps_run_and_report_their_settings(trained, tmp_pat
     record = json.loads(out.read_text())
     assert record["aug_test"] == ("--aug-test" in extra) and record["test_mode"] == mode
     assert record["steps"] == (1 if "--steps" in extra else 3)
+    assert record["amp"] == ("bf16" if "--amp" in extra else None)
     assert summary_numbers(stdout)[1] == round(record["metric"]["mIoU"] * 100, 2)
 
 

@@ -11,12 +11,27 @@ trim threshold of free memory instead of returning it to the OS at once.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import platform
+from typing import ContextManager, Optional
 
-__all__ = ["tune_cpu_allocator"]
+import torch
+
+__all__ = ["tune_cpu_allocator", "autocast_for", "AMP_CHOICES"]
+
+AMP_CHOICES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_for(device: str, amp: Optional[str]) -> ContextManager:
+    """``torch.autocast`` on ``device``'s type for ``amp`` in ``AMP_CHOICES``; a no-op context for ``None``."""
+    if amp is None:
+        return contextlib.nullcontext()
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"amp must be one of {sorted(AMP_CHOICES)}, got {amp!r}")
+    return torch.autocast(device_type=torch.device(device).type, dtype=AMP_CHOICES[amp])
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3

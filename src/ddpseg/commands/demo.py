@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--opacity", type=float, default=0.5, help="opacity of the painted segmentation, in (0, 1]")
     parser.add_argument("--steps", type=int, help="diffusion steps (default: the config's timesteps)")
+    parser.add_argument("--amp", choices=["bf16", "fp16"], help="run the model under autocast (default: float32)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
     parser.add_argument("--uncertainty", action="store_true", help="also write entropy and step-disagreement heatmaps")
 
@@ -84,6 +85,7 @@ def _demo(args: argparse.Namespace) -> int:
     from ..api import init_model
     from ..data.image_io import DataError
     from ..inference import inference
+    from ..runtime import autocast_for
     from ..visualize import get_palette
 
     if not 0 < args.opacity <= 1:
@@ -103,7 +105,8 @@ def _demo(args: argparse.Namespace) -> int:
     for image, out_file in jobs:
         generator = torch.Generator(device=torch.device(device)).manual_seed(args.seed)
         try:
-            result = inference(model, str(image), steps=args.steps, generator=generator)
+            with autocast_for(device, args.amp):
+                result = inference(model, str(image), steps=args.steps, generator=generator)
         except DataError as err:
             if len(jobs) == 1:
                 raise

@@ -54,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opacity", type=float, default=0.5, help="opacity of the painted segmentation, in (0, 1]")
     parser.add_argument("--seed", type=int, default=0, help="base seed of the per-image noise (default 0)")
     parser.add_argument("--steps", type=int, help="diffusion steps at test time (default: the config's timesteps)")
+    parser.add_argument("--amp", choices=["bf16", "fp16"], help="run the model under autocast (default: float32)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda:<gpu-id> if available, else cpu)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
 
@@ -124,6 +125,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..engine.evaluate import evaluate_dataset
     from ..engine.outputs import check_output_file
     from ..engine.rng import set_random_seed
+    from ..runtime import autocast_for
 
     _check_arguments(args)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
@@ -149,19 +151,20 @@ def _evaluate(args: argparse.Namespace) -> int:
             model.test_cfg = dict(cfg.test_cfg)
         data_cfg = cfg.data
         workers = data_cfg.get("test_dataloader", {}).get("workers_per_gpu", data_cfg.get("workers_per_gpu", 0))
-        metrics = evaluate_dataset(
-            model,
-            dataset,
-            steps=args.steps,
-            aug_test=args.aug_test,
-            seed=args.seed,
-            metrics=args.eval,
-            show_dir=args.show_dir,
-            opacity=args.opacity,
-            format_only=args.format_only,
-            format_args=format_args if args.format_only else None,
-            workers=int(workers),
-        )
+        with autocast_for(device, args.amp):
+            metrics = evaluate_dataset(
+                model,
+                dataset,
+                steps=args.steps,
+                aug_test=args.aug_test,
+                seed=args.seed,
+                metrics=args.eval,
+                show_dir=args.show_dir,
+                opacity=args.opacity,
+                format_only=args.format_only,
+                format_args=format_args if args.format_only else None,
+                workers=int(workers),
+            )
         if json_path is not None:
             record = dict(
                 config=args.config,
@@ -169,6 +172,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 metric={k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()},
                 steps=args.steps or model.timesteps,
                 aug_test=args.aug_test,
+                amp=args.amp,
                 test_mode=model.test_cfg.get("mode", "whole"),
                 seed=args.seed,
                 world_size=get_world_size(),

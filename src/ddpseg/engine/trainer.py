@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ddpseg.runtime import AMP_CHOICES
 from ddpseg.engine.checkpoint import (
     CheckpointError,
     PathLike,
@@ -68,7 +69,7 @@ from ddpseg.engine.settings import TrainSettings, best_rule, config_text, model_
 
 TrainLoaderFn = Callable[[int, int], Iterator[Mapping[str, Any]]]
 EvalFn = Callable[[nn.Module, int], Mapping[str, Any]]
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_DTYPES = AMP_CHOICES  # the names --amp takes
 
 
 class NonFiniteLossError(FloatingPointError):
