@@ -208,10 +208,11 @@ class DDP(nn.Module):
             film = self.decode_head.time_conditioning(self.time_mlp(log_snr))
             logits = self._decode_tokens(feat, h, w, film)  # (rB, Q, K)
             labels = logits.argmax(dim=-1)
-            mask_pred = self.label_encoder.encode_tokens(labels)
             if self.diffusion == "ddim":
-                mask_t = ddim_step(mask_t, mask_pred, log_snr, log_snr_next)
-            else:
+                if i + 1 < steps:  # the map after the last step is never used
+                    mask_t = ddim_step(mask_t, self.label_encoder.encode_tokens(labels), log_snr, log_snr_next)
+            else:  # DDPM always draws its noise, so the RNG advances as in the original
+                mask_pred = self.label_encoder.encode_tokens(labels)
                 mask_t = ddpm_step(mask_t, mask_pred, log_snr, log_snr_next, times[i, 1:], generator)
             if self.accumulation:
                 probs.append(logits.softmax(-1))
