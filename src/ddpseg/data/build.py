@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 from typing import Any, Mapping, Optional
 
@@ -10,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ddpseg.data.datasets import DATASETS, CustomDataset
-from ddpseg.data.loader import ShardedSampler, collate, resolve_seed, seed_worker
+from ddpseg.data.loader import ShardedSampler, make_data_loader, resolve_seed
 
 
 def _accepted_arguments(cls: type) -> list[str]:
@@ -104,17 +103,8 @@ def build_dataloader(
         seed=seed,
         infinite=shuffle if infinite is None else infinite,
     )
-    return DataLoader(
-        dataset,
-        batch_size=samples_per_gpu,
-        sampler=sampler,
-        num_workers=workers_per_gpu,
-        collate_fn=collate,
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        drop_last=drop_last,
-        worker_init_fn=functools.partial(seed_worker, seed=seed, rank=rank) if workers_per_gpu > 0 else None,
-        persistent_workers=persistent_workers and workers_per_gpu > 0,
-    )
+    return make_data_loader(dataset, sampler, samples_per_gpu, workers_per_gpu, seed=seed, rank=rank,
+                            pin_memory=pin_memory, drop_last=drop_last, persistent_workers=persistent_workers)
 
 
 def build_test_dataloader(dataset: Dataset, workers_per_gpu: int = 1, **kwargs: Any) -> DataLoader:

@@ -144,18 +144,36 @@ def make_train_loader_fn(
             len(dataset), rank=rank, world_size=world_size, shuffle=True, seed=seed, infinite=True,
             batch_size=samples_per_gpu, drop_last=drop_last, start_batch=start_iter,
         )
-        loader = DataLoader(
-            dataset,
-            batch_size=samples_per_gpu,
-            sampler=sampler,
-            num_workers=workers_per_gpu,
-            collate_fn=collate,
-            pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-            worker_init_fn=functools.partial(seed_worker, seed=seed, rank=rank) if workers_per_gpu > 0 else None,
-        )
-        return iter(loader)
+        return iter(make_data_loader(dataset, sampler, samples_per_gpu, workers_per_gpu, seed=seed, rank=rank,
+                                     pin_memory=pin_memory))
 
     return loader_fn
+
+
+def make_data_loader(
+    dataset: Dataset,
+    sampler: "ShardedSampler",
+    samples_per_gpu: int,
+    workers_per_gpu: int,
+    *,
+    seed: int,
+    rank: int,
+    pin_memory: Optional[bool] = None,
+    drop_last: bool = False,
+    persistent_workers: bool = False,
+) -> DataLoader:
+    """The DataLoader every ddpseg loader is: our sampler, ``collate``, seeded workers, pinned memory on CUDA."""
+    return DataLoader(
+        dataset,
+        batch_size=samples_per_gpu,
+        sampler=sampler,
+        num_workers=workers_per_gpu,
+        collate_fn=collate,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        drop_last=drop_last,
+        worker_init_fn=functools.partial(seed_worker, seed=seed, rank=rank) if workers_per_gpu > 0 else None,
+        persistent_workers=persistent_workers and workers_per_gpu > 0,
+    )
 
 
 def seed_worker(worker_id: int, *, seed: int, rank: int) -> None:
