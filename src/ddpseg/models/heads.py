@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from .blocks import ConvNormAct, build_activation
 from .ms_deform_attn import MultiScaleDeformableAttention, reference_points
+from .train_decoder import can_fuse_layer, decoder_layer_train
 
 __all__ = [
     "sine_positional_encoding",
@@ -197,6 +198,9 @@ class DeformableHeadWithTime(nn.Module):
         )
         self.conv_seg = nn.Conv2d(channels, num_classes, 1)
         self._contexts: Dict[Tuple[int, int, str], DecoderContext] = {}
+        # under autograd, layers run as one fused function with a lean backward (train_decoder.py);
+        # False: the module path, whose autograd graph keeps every intermediate
+        self.fused_training = True
         self.reset_parameters()
 
     @torch.no_grad()
@@ -235,8 +239,12 @@ class DeformableHeadWithTime(nn.Module):
         ctx = self.context(height, width, query.device)
         if ctx.pos.dtype != query.dtype:
             ctx = DecoderContext(ctx.spatial_shapes, ctx.pos.to(query.dtype), ctx.ref_points.to(query.dtype))
+        fuse = self.fused_training and torch.is_grad_enabled()
         for layer, (scale, shift) in zip(self.layers, film):
-            query = layer(query, ctx, scale, shift)
+            if fuse and can_fuse_layer(layer, query):
+                query = decoder_layer_train(layer, query, ctx.pos, ctx.ref_points, (height, width), scale, shift)
+            else:
+                query = layer(query, ctx, scale, shift)
         return query
 
     def classify_tokens(self, memory: Tensor) -> Tensor:

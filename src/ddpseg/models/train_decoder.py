@@ -1,0 +1,234 @@
+"""Training execution of one decoder layer: a fused autograd function with a hand-written backward.
+
+Under autograd the module path (``DecoderLayer.forward``) keeps every intermediate of a layer alive
+until the backward pass: ~600 MB per layer for a 512×1024 crop (the FFN hidden twice, the deformable
+gather's int64 index and weights, a copy of the input per projection, ...), 3.6 GB for the six layers.
+Its backward also goes through ``embedding_bag``'s generic backward, which sorts every index.
+
+``decoder_layer_train`` computes the same function in row chunks (as the inference path does) and
+keeps only what the backward cannot cheaply rebuild:
+
+    table   — the bordered value map the gather reads (B, H+2, W+2, heads, D)
+    samp    — sampling offsets and attention logits (B, Q, heads·points·3)
+    core    — the gathered values, input of output_proj (B, Q, C)
+    r1, f   — the inputs of the two LayerNorms (B, Q, C), with their means and reciprocal stds
+
+(the layer input is the previous layer's output, saved once). The backward walks the chunks again:
+it recomputes each LayerNorm output, the FFN hidden (one extra fc1 GEMM) and the bilinear corners,
+scatters the value gradient with ``index_add_`` and gets the offset/attention gradients from a small
+autograd graph over the chunk's corners. Gradients equal the module path's up to float rounding
+(tested in float64). Used for gradient passes of the published setting: one feature level, GELU
+FFN, no active dropout, no autocast; anything else runs the module path.
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .ms_deform_attn import bilinear_corners
+
+__all__ = ["can_fuse_layer", "decoder_layer_train"]
+
+# tokens per chunk: keeps a chunk's FFN hidden and its gathered corner rows a few MB
+TOKENS_PER_CHUNK = 2048
+
+
+def can_fuse_layer(layer: nn.Module, x: Tensor) -> bool:
+    """Whether the fused function computes exactly what ``layer`` does for ``x`` under autograd."""
+    attn = layer.attn
+    act = layer.ffn.act
+    dropout_active = layer.training and (layer.attn_drop.p > 0 or layer.ffn.drop.p > 0)
+    autocast = torch.is_autocast_enabled(x.device.type) if x.device.type in ("cpu", "cuda") else False
+    return (
+        attn.num_levels == 1
+        and isinstance(act, nn.GELU)
+        and act.approximate == "none"
+        and not dropout_active
+        and not autocast
+        and x.dtype in (torch.float32, torch.float64)
+    )
+
+
+def decoder_layer_train(
+    layer: nn.Module, x: Tensor, pos: Tensor, ref: Tensor, shape: Tuple[int, int], scale: Tensor, shift: Tensor
+) -> Tensor:
+    """``layer(x, ctx, scale, shift)`` for tokens x (B, H·W, C), pos (1, H·W, C), ref (1, H·W, 1, 2)."""
+    attn, ffn = layer.attn, layer.ffn
+    params = (
+        attn.value_proj.weight, attn.value_proj.bias,
+        attn.sampling_offsets.weight, attn.sampling_offsets.bias,
+        attn.attention_weights.weight, attn.attention_weights.bias,
+        attn.output_proj.weight, attn.output_proj.bias,
+        layer.norm1.weight, layer.norm1.bias,
+        ffn.fc1.weight, ffn.fc1.bias,
+        ffn.fc2.weight, ffn.fc2.bias,
+        layer.norm2.weight, layer.norm2.bias,
+    )  # fmt: skip
+    spec = _Spec(shape[0], shape[1], attn.num_heads, attn.num_points, layer.norm1.eps, layer.norm2.eps)
+    return _FusedLayer.apply(spec, x.contiguous(), pos[0].to(x.dtype), ref[0, :, 0].to(x.dtype), scale, shift, *params)
+
+
+class _Spec:
+    """The layer's static sizes (kept out of autograd's tensor arguments)."""
+
+    def __init__(self, height: int, width: int, heads: int, points: int, eps1: float, eps2: float) -> None:
+        self.height, self.width, self.heads, self.points = height, width, heads, points
+        self.eps1, self.eps2 = eps1, eps2
+
+    def chunks(self) -> List[Tuple[int, int]]:
+        rows = max(1, TOKENS_PER_CHUNK // self.width)
+        return [(r * self.width, min(r + rows, self.height) * self.width) for r in range(0, self.height, rows)]
+
+
+def _corners(spec: _Spec, samp: Tensor, ref: Tensor, batch_index: int) -> Tuple[Tensor, Tensor]:
+    """Table rows (n·heads, points·4) and weights (n, heads, points, 4) of a chunk's samples.
+
+    ``samp`` (n, heads·points·3) holds the offsets (x, y per point) then the attention logits, as the
+    module's two projections produce them; the weights are differentiable in ``samp``.
+    """
+    n = samp.shape[0]
+    heads, points, h, w = spec.heads, spec.points, spec.height, spec.width
+    offsets = samp[:, : heads * points * 2].view(n, heads, points, 2)
+    attention = samp[:, heads * points * 2 :].reshape(n, heads, points).softmax(-1)
+    normalizer = torch.tensor([w, h], dtype=samp.dtype, device=samp.device)
+    locations = ref[:, None, None, :] + offsets / normalizer
+    index, weight = bilinear_corners(locations, attention, h, w)
+    head = torch.arange(heads, device=samp.device).view(1, heads, 1, 1)
+    index = index * heads + head + batch_index * ((h + 2) * (w + 2) * heads)
+    return index.view(n * heads, points * 4), weight
+
+
+class _FusedLayer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, spec: _Spec, x: Tensor, pos: Tensor, ref: Tensor, scale: Tensor, shift: Tensor, *params: Tensor):
+        (wv, bv, woff, boff, watt, batt, wo, bo, g1, b1, w1, bf1, w2, bf2, g2, b2) = params
+        batch, tokens, channels = x.shape
+        h, w, heads = spec.height, spec.width, spec.heads
+        head_dim = channels // heads
+        table = x.new_zeros(batch, h + 2, w + 2, heads, head_dim)
+        table[:, 1 : h + 1, 1 : w + 1] = F.linear(x, wv, bv).view(batch, h, w, heads, head_dim)
+        flat_table = table.view(-1, head_dim)
+        query = x + pos
+        samp = torch.cat([F.linear(query, woff, boff), F.linear(query, watt, batt)], -1)
+        del query
+        core = torch.empty_like(x)
+        r1, f, out = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
+        stats = x.new_empty(4, batch, tokens)  # mean1, rstd1, mean2, rstd2
+        scale1 = scale + 1
+        for b in range(batch):
+            sb = min(b, scale.shape[0] - 1)
+            for t0, t1 in spec.chunks():
+                n = t1 - t0
+                index, weight = _corners(spec, samp[b, t0:t1], ref[t0:t1], b)
+                core_c = F.embedding_bag(index, flat_table, per_sample_weights=weight.view(n * heads, -1), mode="sum")
+                core[b, t0:t1] = core_c.view(n, channels)
+                r = torch.add(x[b, t0:t1], F.linear(core[b, t0:t1], wo, bo), out=r1[b, t0:t1])
+                y, stats[0, b, t0:t1], stats[1, b, t0:t1] = _layer_norm(r, g1, b1, spec.eps1)
+                hidden = torch.ops.aten.gelu_(F.linear(y, w1, bf1))
+                r = torch.add(y, F.linear(hidden, w2, bf2), out=f[b, t0:t1])
+                y, stats[2, b, t0:t1], stats[3, b, t0:t1] = _layer_norm(r, g2, b2, spec.eps2)
+                torch.addcmul(shift[sb, 0], y, scale1[sb, 0], out=out[b, t0:t1])
+        ctx.spec = spec
+        ctx.save_for_backward(x, pos, ref, scale1, table, samp, core, r1, f, stats, *params)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        spec: _Spec = ctx.spec
+        x, pos, ref, scale1, table, samp, core, r1, f, stats, *params = ctx.saved_tensors
+        (wv, bv, woff, boff, watt, batt, wo, bo, g1, b1, w1, bf1, w2, bf2, g2, b2) = params
+        grad_out = grad_out.contiguous()
+        batch, tokens, channels = x.shape
+        heads, head_dim = spec.heads, channels // spec.heads
+        h, w = spec.height, spec.width
+        grads = {name: torch.zeros_like(p) for name, p in zip(_PARAM_NAMES, params)}
+        g_scale = torch.zeros_like(scale1)
+        g_shift = torch.zeros_like(scale1)
+        g_x = torch.empty_like(x)
+        g_samp = torch.empty_like(samp)
+        flat_table = table.view(-1, head_dim)
+        g_table = torch.zeros_like(flat_table)
+        for b in range(batch):
+            sb = min(b, scale1.shape[0] - 1)
+            for t0, t1 in spec.chunks():
+                n = t1 - t0
+                g = grad_out[b, t0:t1]
+                # FiLM: out = y2·(scale + 1) + shift
+                y2 = F.layer_norm(f[b, t0:t1], (channels,), g2, b2, spec.eps2)
+                g_scale[sb, 0] += (g * y2).sum(0)
+                g_shift[sb, 0] += g.sum(0)
+                g_y = g * scale1[sb, 0]
+                g_f = _layer_norm_backward(g_y, f[b, t0:t1], stats[2, b, t0:t1], stats[3, b, t0:t1], g2, b2, grads, "g2", "b2")
+                # FFN with residual: f = y1 + fc2(gelu(fc1(y1)))
+                y1 = F.layer_norm(r1[b, t0:t1], (channels,), g1, b1, spec.eps1)
+                pre = F.linear(y1, w1, bf1)
+                grads["w2"].addmm_(g_f.t(), F.gelu(pre))
+                grads["bf2"] += g_f.sum(0)
+                g_pre = torch.ops.aten.gelu_backward(g_f.mm(w2), pre)
+                grads["w1"].addmm_(g_pre.t(), y1)
+                grads["bf1"] += g_pre.sum(0)
+                g_y1 = torch.addmm(g_f, g_pre, w1)
+                g_r1 = _layer_norm_backward(g_y1, r1[b, t0:t1], stats[0, b, t0:t1], stats[1, b, t0:t1], g1, b1, grads, "g1", "b1")
+                # r1 = x + output_proj(core)
+                g_x[b, t0:t1] = g_r1
+                grads["wo"].addmm_(g_r1.t(), core[b, t0:t1])
+                grads["bo"] += g_r1.sum(0)
+                g_core = g_r1.mm(wo).view(n * heads, 1, head_dim)
+                # core = Σ_k weight_k · table[index_k]  (per token and head)
+                with torch.enable_grad():
+                    samp_c = samp[b, t0:t1].detach().requires_grad_(True)
+                    index, weight = _corners(spec, samp_c, ref[t0:t1], b)
+                flat_index = index.view(-1)
+                rows = flat_table.index_select(0, flat_index).view(n * heads, -1, head_dim)
+                g_weight = torch.bmm(rows, g_core.transpose(1, 2)).view_as(weight)
+                g_table.index_add_(0, flat_index, (weight.detach().view(n * heads, -1, 1) * g_core).view(-1, head_dim))
+                (g_samp[b, t0:t1],) = torch.autograd.grad(weight, samp_c, g_weight)
+        # values: table interior = value_proj(x)
+        g_value = g_table.view(batch, h + 2, w + 2, channels)[:, 1 : h + 1, 1 : w + 1].reshape(batch * tokens, channels)
+        x2 = x.view(-1, channels)
+        grads["wv"] = g_value.t().mm(x2)
+        grads["bv"] = g_value.sum(0)
+        g_x = g_x.view(-1, channels).addmm_(g_value, wv)
+        # sampling offsets and attention logits from x + pos
+        q = (x + pos).view(-1, channels)
+        split = woff.shape[0]
+        g_samp = g_samp.view(-1, g_samp.shape[-1])
+        g_off, g_att = g_samp[:, :split], g_samp[:, split:]
+        grads["woff"], grads["boff"] = g_off.t().mm(q), g_off.sum(0)
+        grads["watt"], grads["batt"] = g_att.t().mm(q), g_att.sum(0)
+        g_x.addmm_(g_off, woff).addmm_(g_att, watt)
+        param_grads = [grads[name] if p.requires_grad else None for name, p in zip(_PARAM_NAMES, params)]
+        return (None, g_x.view_as(x), None, None, g_scale, g_shift, *param_grads)
+
+
+_PARAM_NAMES = ("wv", "bv", "woff", "boff", "watt", "batt", "wo", "bo", "g1", "b1", "w1", "bf1", "w2", "bf2", "g2", "b2")
+
+
+def _layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """LayerNorm over the last axis as ``F.layer_norm`` computes it; returns (out, mean, rstd)."""
+    out, mean, rstd = torch.native_layer_norm(x, (x.shape[-1],), weight, bias, eps)
+    return out, mean.view(-1), rstd.view(-1)
+
+
+def _layer_norm_backward(
+    grad: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    grads: dict,
+    w_name: str,
+    b_name: str,
+) -> Tensor:
+    """Input gradient of LayerNorm; accumulates the weight and bias gradients into ``grads``."""
+    g_in, g_w, g_b = torch.ops.aten.native_layer_norm_backward(
+        grad, x, (x.shape[-1],), mean[:, None], rstd[:, None], weight, bias, (True, True, True)
+    )
+    grads[w_name] += g_w
+    grads[b_name] += g_b
+    return g_in

@@ -1,0 +1,102 @@
+"""The fused training layer (models/train_decoder.py) against the module path it replaces under autograd."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ddpseg.models.train_decoder as train_decoder
+from ddpseg.models.heads import DeformableHeadWithTime
+from ddpseg.models.train_decoder import can_fuse_layer
+
+
+def _head(dtype: torch.dtype, **kwargs) -> DeformableHeadWithTime:
+    torch.manual_seed(0)
+    args = dict(in_channels=32, num_classes=5, time_dims=16, num_layers=2, num_heads=4, num_points=3,
+                ffn_channels=64, pos_num_feats=16)
+    args.update(kwargs)
+    head = DeformableHeadWithTime(**args).to(dtype)
+    with torch.no_grad():  # away from the zero/ring initialisation: offsets reach past the borders
+        for p in head.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return head
+
+
+def _run(head, x, time_emb, height, width, fused: bool):
+    head.fused_training = fused
+    head.zero_grad()
+    x.grad = time_emb.grad = None
+    out = head.forward_tokens(x, height, width, head.time_conditioning(time_emb))
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+    (out * weights).sum().backward()
+    grads = {n: p.grad.clone() for n, p in head.named_parameters() if p.grad is not None}
+    return out.detach(), x.grad.clone(), time_emb.grad.clone(), grads
+
+
+@pytest.mark.parametrize("time_batch", [1, 2])
+def test_gradients_equal_module_path_float64(monkeypatch, time_batch):
+    monkeypatch.setattr(train_decoder, "TOKENS_PER_CHUNK", 40)  # several chunks, the last one partial
+    head = _head(torch.float64)
+    height, width = 7, 19
+    x = torch.randn(2, height * width, 32, dtype=torch.float64, requires_grad=True)
+    time_emb = torch.randn(time_batch, 16, dtype=torch.float64, requires_grad=True)
+    ref = _run(head, x, time_emb, height, width, fused=False)
+    got = _run(head, x, time_emb, height, width, fused=True)
+    torch.testing.assert_close(got[0], ref[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got[2], ref[2], rtol=1e-10, atol=1e-10)
+    assert set(got[3]) == set(ref[3])
+    for name in ref[3]:
+        torch.testing.assert_close(got[3][name], ref[3][name], rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_float32_forward_matches_module_path():
+    head = _head(torch.float32)
+    x = torch.randn(1, 16 * 24, 32, requires_grad=True)
+    time_emb = torch.randn(1, 16)
+    film = head.time_conditioning(time_emb)
+    head.fused_training = False
+    ref = head.forward_tokens(x, 16, 24, film)
+    head.fused_training = True
+    got = head.forward_tokens(x, 16, 24, film)
+    assert got.grad_fn is not None and "Fused" in type(got.grad_fn).__name__
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def _saved_bytes(head, x, film, height, width) -> int:
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        head.forward_tokens(x, height, width, film)
+    return sum(storages.values())
+
+
+def test_saves_far_less_than_the_module_path():
+    head = _head(torch.float32, in_channels=64, pos_num_feats=32, ffn_channels=256, num_heads=8, num_points=4)
+    x = torch.randn(1, 32 * 64, 64, requires_grad=True)
+    film = head.time_conditioning(torch.randn(1, 16))
+    head.fused_training = False
+    module = _saved_bytes(head, x, film, 32, 64)
+    head.fused_training = True
+    fused = _saved_bytes(head, x, film, 32, 64)
+    assert fused < 0.4 * module, (fused, module)
+
+
+def test_falls_back_where_it_does_not_apply():
+    head = _head(torch.float32, attn_drop=0.1)
+    layer = head.layers[0]
+    x = torch.randn(1, 12, 32)
+    assert not can_fuse_layer(layer.train(), x)  # active dropout
+    assert can_fuse_layer(layer.eval(), x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not can_fuse_layer(layer, x)
+    assert not can_fuse_layer(_head(torch.float32, act_cfg=dict(type="ReLU")).layers[0], x)
+    # no autograd: the fused function is not used (inference has its own chunked path)
+    head.eval()
+    with torch.no_grad():
+        out = head.forward_tokens(torch.randn(1, 12, 32), 3, 4, head.time_conditioning(torch.randn(1, 16)))
+    assert out.grad_fn is None
