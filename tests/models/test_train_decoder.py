@@ -100,3 +100,18 @@ def test_falls_back_where_it_does_not_apply():
     with torch.no_grad():
         out = head.forward_tokens(torch.randn(1, 12, 32), 3, 4, head.time_conditioning(torch.randn(1, 16)))
     assert out.grad_fn is None
+
+
+def test_gather_backward_matches_dense_reference():
+    from ddpseg.models.train_decoder import _gather_backward
+
+    torch.manual_seed(1)
+    bags, k, rows, dim = 50, 16, 37, 8  # few rows: many entries share a row
+    table = torch.randn(rows, dim, dtype=torch.float64)
+    index = torch.randint(0, rows, (bags, k))
+    weight = torch.rand(bags, k, dtype=torch.float64)
+    grad = torch.randn(bags, dim, dtype=torch.float64)
+    g_weight, g_table = _gather_backward(table, index, weight, grad)
+    torch.testing.assert_close(g_weight, (table[index] * grad[:, None]).sum(-1))
+    expected = torch.zeros_like(table).index_add_(0, index.reshape(-1), (weight[..., None] * grad[:, None]).reshape(-1, dim))
+    torch.testing.assert_close(g_table, expected)

@@ -256,7 +256,8 @@ class DeformableHeadWithTime(nn.Module):
         """x (B, C, H, W) and the time embedding (B or 1, time_dims) → logits (B, classes, H, W)."""
         batch, channels, height, width = x.shape
         memory = self.forward_tokens(x.flatten(2).transpose(1, 2), height, width, self.time_conditioning(time_emb))
-        return self.conv_seg(memory.transpose(1, 2).reshape(batch, channels, height, width))
+        logits = self.classify_tokens(memory)  # the 1×1 conv as one GEMM on the token layout
+        return logits.transpose(1, 2).reshape(batch, logits.shape[-1], height, width)
 
     def loss(self, logits: Tensor, labels: Tensor) -> Dict[str, Tensor]:
         loss, acc = seg_loss_and_accuracy(

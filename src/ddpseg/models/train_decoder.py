@@ -23,7 +23,8 @@ FFN, no active dropout, no autocast; anything else runs the module path.
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+import warnings
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -150,8 +151,8 @@ class _FusedLayer(torch.autograd.Function):
         g_shift = torch.zeros_like(scale1)
         g_x = torch.empty_like(x)
         g_samp = torch.empty_like(samp)
-        flat_table = table.view(-1, head_dim)
-        g_table = torch.zeros_like(flat_table)
+        g_table = torch.empty_like(table)
+        g_core = torch.empty_like(x)
         for b in range(batch):
             sb = min(b, scale1.shape[0] - 1)
             for t0, t1 in spec.chunks():
@@ -177,16 +178,14 @@ class _FusedLayer(torch.autograd.Function):
                 g_x[b, t0:t1] = g_r1
                 grads["wo"].addmm_(g_r1.t(), core[b, t0:t1])
                 grads["bo"] += g_r1.sum(0)
-                g_core = g_r1.mm(wo).view(n * heads, 1, head_dim)
-                # core = Σ_k weight_k · table[index_k]  (per token and head)
-                with torch.enable_grad():
-                    samp_c = samp[b, t0:t1].detach().requires_grad_(True)
-                    index, weight = _corners(spec, samp_c, ref[t0:t1], b)
-                flat_index = index.view(-1)
-                rows = flat_table.index_select(0, flat_index).view(n * heads, -1, head_dim)
-                g_weight = torch.bmm(rows, g_core.transpose(1, 2)).view_as(weight)
-                g_table.index_add_(0, flat_index, (weight.detach().view(n * heads, -1, 1) * g_core).view(-1, head_dim))
-                (g_samp[b, t0:t1],) = torch.autograd.grad(weight, samp_c, g_weight)
+                torch.mm(g_r1, wo, out=g_core[b, t0:t1])
+            # core = Σ_k weight_k · table[index_k] per token and head, over the whole map at once
+            with torch.enable_grad():
+                samp_b = samp[b].detach().requires_grad_(True)
+                index, weight = _corners(spec, samp_b, ref, 0)
+            g_weight, g_rows = _gather_backward(table[b].view(-1, head_dim), index, weight.detach(), g_core[b])
+            g_table[b] = g_rows.view_as(g_table[b])
+            (g_samp[b],) = torch.autograd.grad(weight, samp_b, g_weight.view_as(weight))
         # values: table interior = value_proj(x)
         g_value = g_table.view(batch, h + 2, w + 2, channels)[:, 1 : h + 1, 1 : w + 1].reshape(batch * tokens, channels)
         x2 = x.view(-1, channels)
@@ -203,6 +202,32 @@ class _FusedLayer(torch.autograd.Function):
         g_x.addmm_(g_off, woff).addmm_(g_att, watt)
         param_grads = [grads[name] if p.requires_grad else None for name, p in zip(_PARAM_NAMES, params)]
         return (None, g_x.view_as(x), None, None, g_scale, g_shift, *param_grads)
+
+
+def _gather_backward(table: Tensor, index: Tensor, weight: Tensor, grad: Tensor) -> Tuple[Tensor, Tensor]:
+    """Gradients of ``out[i] = Σ_k weight[i, k] · table[index[i, k]]`` (an ``embedding_bag`` sum).
+
+    With A the sparse (bags × rows) matrix of the weights, out = A·table, so the weight gradient is
+    ``grad·tableᵀ`` sampled at A's pattern (``sampled_addmm``) and the table gradient is Aᵀ·grad, a CSR
+    product once the entries are grouped by row (one int32 sort). Both avoid materialising the
+    (bags × k × D) gathered rows. Returns (grad_weight (bags, k), grad_table (rows, D)).
+    """
+    bags, k = index.shape
+    rows, dim = table.shape
+    flat = index.reshape(-1)
+    grad = grad.reshape(bags, dim)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        crow = torch.arange(0, bags * k + 1, k, device=index.device)
+        pattern = torch.sparse_csr_tensor(crow, flat, weight.new_zeros(bags * k), size=(bags, rows))
+        grad_weight = torch.sparse.sampled_addmm(pattern, grad, table.t(), beta=0).values().view(bags, k)
+        keys = flat.to(torch.int32) if rows < 2**31 else flat
+        keys, order = keys.sort()
+        per_row = torch.bincount(keys, minlength=rows)
+        crow_t = torch.cat([per_row.new_zeros(1), per_row.cumsum(0)])
+        transposed = torch.sparse_csr_tensor(crow_t, order // k, weight.reshape(-1)[order], size=(rows, bags))
+        grad_table = transposed @ grad
+    return grad_weight, grad_table
 
 
 _PARAM_NAMES = ("wv", "bv", "woff", "boff", "watt", "batt", "wo", "bo", "g1", "b1", "w1", "bf1", "w2", "bf2", "g2", "b2")
