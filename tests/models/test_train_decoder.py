@@ -34,8 +34,11 @@ def _run(head, x, time_emb, height, width, fused: bool):
 
 
 @pytest.mark.parametrize("time_batch", [1, 2])
-def test_gradients_equal_module_path_float64(monkeypatch, time_batch):
+@pytest.mark.parametrize("sparse", [True, False])
+def test_gradients_equal_module_path_float64(monkeypatch, time_batch, sparse):
     monkeypatch.setattr(train_decoder, "TOKENS_PER_CHUNK", 40)  # several chunks, the last one partial
+    gather_backward = train_decoder._gather_backward
+    monkeypatch.setattr(train_decoder, "_gather_backward", lambda *args: gather_backward(*args, sparse=sparse))
     head = _head(torch.float64)
     height, width = 7, 19
     x = torch.randn(2, height * width, 32, dtype=torch.float64, requires_grad=True)
@@ -102,7 +105,8 @@ def test_falls_back_where_it_does_not_apply():
     assert out.grad_fn is None
 
 
-def test_gather_backward_matches_dense_reference():
+@pytest.mark.parametrize("sparse", [True, False])
+def test_gather_backward_matches_dense_reference(sparse):
     from ddpseg.models.train_decoder import _gather_backward
 
     torch.manual_seed(1)
@@ -111,7 +115,7 @@ def test_gather_backward_matches_dense_reference():
     index = torch.randint(0, rows, (bags, k))
     weight = torch.rand(bags, k, dtype=torch.float64)
     grad = torch.randn(bags, dim, dtype=torch.float64)
-    g_weight, g_table = _gather_backward(table, index, weight, grad)
+    g_weight, g_table = _gather_backward(table, index, weight.view(bags, k), grad, sparse=sparse)
     torch.testing.assert_close(g_weight, (table[index] * grad[:, None]).sum(-1))
     expected = torch.zeros_like(table).index_add_(0, index.reshape(-1), (weight[..., None] * grad[:, None]).reshape(-1, dim))
     torch.testing.assert_close(g_table, expected)

@@ -24,7 +24,7 @@ FFN, no active dropout, no autocast; anything else runs the module path.
 from __future__ import annotations
 
 import warnings
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -204,14 +204,22 @@ class _FusedLayer(torch.autograd.Function):
         return (None, g_x.view_as(x), None, None, g_scale, g_shift, *param_grads)
 
 
-def _gather_backward(table: Tensor, index: Tensor, weight: Tensor, grad: Tensor) -> Tuple[Tensor, Tensor]:
+def _gather_backward(
+    table: Tensor, index: Tensor, weight: Tensor, grad: Tensor, sparse: Optional[bool] = None
+) -> Tuple[Tensor, Tensor]:
     """Gradients of ``out[i] = Σ_k weight[i, k] · table[index[i, k]]`` (an ``embedding_bag`` sum).
 
-    With A the sparse (bags × rows) matrix of the weights, out = A·table, so the weight gradient is
+    Returns (grad_weight (bags, k), grad_table (rows, D)). On the CPU (``sparse`` defaults to that):
+    with A the sparse (bags × rows) matrix of the weights, out = A·table, so the weight gradient is
     ``grad·tableᵀ`` sampled at A's pattern (``sampled_addmm``) and the table gradient is Aᵀ·grad, a CSR
-    product once the entries are grouped by row (one int32 sort). Both avoid materialising the
-    (bags × k × D) gathered rows. Returns (grad_weight (bags, k), grad_table (rows, D)).
+    product once the entries are grouped by row (one int32 sort); neither materialises the
+    (bags × k × D) gathered rows. Elsewhere: gathered rows and ``index_add_`` in bag chunks (atomic
+    adds are cheap on a GPU).
     """
+    if sparse is None:
+        sparse = index.device.type == "cpu"
+    if not sparse:
+        return _gather_backward_dense(table, index, weight, grad)
     bags, k = index.shape
     rows, dim = table.shape
     flat = index.reshape(-1)
@@ -227,6 +235,22 @@ def _gather_backward(table: Tensor, index: Tensor, weight: Tensor, grad: Tensor)
         crow_t = torch.cat([per_row.new_zeros(1), per_row.cumsum(0)])
         transposed = torch.sparse_csr_tensor(crow_t, order // k, weight.reshape(-1)[order], size=(rows, bags))
         grad_table = transposed @ grad
+    return grad_weight, grad_table
+
+
+def _gather_backward_dense(table: Tensor, index: Tensor, weight: Tensor, grad: Tensor) -> Tuple[Tensor, Tensor]:
+    bags, k = index.shape
+    dim = table.shape[1]
+    grad = grad.reshape(bags, dim)
+    grad_weight = torch.empty_like(weight)
+    grad_table = torch.zeros_like(table)
+    step = max(1, (1 << 22) // (k * dim))  # ~16 MB of gathered rows at a time
+    for i0 in range(0, bags, step):
+        i1 = min(i0 + step, bags)
+        flat = index[i0:i1].reshape(-1)
+        g = grad[i0:i1, :, None]
+        grad_weight[i0:i1] = torch.bmm(table.index_select(0, flat).view(i1 - i0, k, dim), g)[..., 0]
+        grad_table.index_add_(0, flat, (weight[i0:i1, :, None] * g.transpose(1, 2)).reshape(-1, dim))
     return grad_weight, grad_table
 
 
