@@ -242,6 +242,7 @@ def _gather_backward_dense(table: Tensor, index: Tensor, weight: Tensor, grad: T
     bags, k = index.shape
     dim = table.shape[1]
     grad = grad.reshape(bags, dim)
+    weight = weight.reshape(bags, k)
     grad_weight = torch.empty_like(weight)
     grad_table = torch.zeros_like(table)
     step = max(1, (1 << 22) // (k * dim))  # ~16 MB of gathered rows at a time
