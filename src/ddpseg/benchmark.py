@@ -49,11 +49,35 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype = torch.float32, siz
 
 
 def count_flops(fn: Callable[[], object]) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of ``fn`` by torch's counter; sparse matrix products count 2·nnz per output column, not as dense."""
+    from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-    with FlopCounterMode(display=False) as counter:
+    aten = torch.ops.aten
+    mapping = {op: _sparse_aware_matmul(flop_registry[op]) for op in (aten.mm, aten.addmm)}
+    mapping[aten.sparse_sampled_addmm] = _sampled_addmm_flop
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn()
     return int(counter.get_total_flops())
+
+
+def _sparse_aware_matmul(dense_formula: Callable) -> Callable:
+    def formula(*args, out_val=None, **kwargs):
+        a, b = args[-2], args[-1]  # mm(a, b) / addmm(bias, a, b)
+        if a.layout != torch.strided:
+            return 2 * a._nnz() * b.shape[-1]
+        if b.layout != torch.strided:
+            return 2 * b._nnz() * a.shape[0]
+        return dense_formula(*args, out_val=out_val, **kwargs)
+
+    formula._get_raw = True
+    return formula
+
+
+def _sampled_addmm_flop(pattern, mat1, mat2, *args, out_val=None, **kwargs) -> int:
+    return 2 * pattern._nnz() * mat1.shape[-1]
+
+
+_sampled_addmm_flop._get_raw = True
 
 
 def peak_memory_mib(device: torch.device) -> float:

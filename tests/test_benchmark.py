@@ -1,0 +1,32 @@
+"""The benchmark's FLOP counting: dense matmuls by torch's formulas, sparse products by their non-zeros."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ddpseg.benchmark import count_flops
+
+
+def _csr(rows: int, cols: int, per_row: int) -> torch.Tensor:
+    crow = torch.arange(0, rows * per_row + 1, per_row)
+    col = torch.randint(0, cols, (rows * per_row,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, torch.rand(rows * per_row), size=(rows, cols))
+
+
+def test_dense_matmuls_count_as_torch_counts_them():
+    a, b = torch.randn(100, 32), torch.randn(32, 50)
+    assert count_flops(lambda: a @ b) == 2 * 100 * 32 * 50
+    assert count_flops(lambda: torch.addmm(torch.randn(50), a, b)) == 2 * 100 * 32 * 50
+
+
+def test_sparse_products_count_their_nonzeros_not_the_dense_shape():
+    sparse = _csr(100, 60_000, 4)
+    assert count_flops(lambda: sparse @ torch.randn(60_000, 8)) == 2 * 400 * 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        flops = count_flops(lambda: torch.sparse.sampled_addmm(sparse, torch.randn(100, 8), torch.randn(8, 60_000), beta=0))
+    assert flops == 2 * 400 * 8
