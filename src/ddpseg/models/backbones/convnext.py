@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as checkpoint
 from torch import Tensor, nn
 
-from .layers import DropPath, check_gelu, layer_norm_settings
+from .layers import DepthwiseConv2d, DropPath, check_gelu, layer_norm_settings
 from .pretrained import LoadReport, StateDictSource, load_converted, read_source, source_name, unwrap_state_dict
 
 __all__ = ["ConvNeXt", "ConvNeXtBlock", "LayerNorm2d", "ARCH_SETTINGS", "convert_pretrained", "load_pretrained"]
@@ -65,7 +65,7 @@ class ConvNeXtBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.with_cp = with_cp
-        self.depthwise_conv = nn.Conv2d(channels, channels, kernel_size=7, padding=3, groups=channels)
+        self.depthwise_conv = DepthwiseConv2d(channels, kernel_size=7)
         self.norm = nn.LayerNorm(channels, eps=norm_eps)
         hidden = int(mlp_ratio * channels)
         self.pointwise_conv1 = nn.Linear(channels, hidden)
