@@ -9,12 +9,18 @@ AdamW and FLOP counts; this one takes the step exactly as ``ddpseg train`` does.
     python benchmarks/train_step.py                    # CPU, and CUDA when available
     python benchmarks/train_step.py --devices cpu --steps 3 --warmup 1 --threads 2
     python benchmarks/train_step.py --quickstart       # `ddpseg quickstart`: final mIoU and wall time
+    python benchmarks/train_step.py --devices cpu --compare   # also the plain-autograd path, same run
+
+Each row is measured in a fresh process, so its peak memory is its own. ``--compare`` adds a row with
+the fused training paths switched off (decoder layers under plain autograd, PyTorch's depthwise-conv
+backward): the same model and step, as the original computes it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import shlex
 import sys
 import tempfile
@@ -28,6 +34,7 @@ from ddpseg.config import Config
 from ddpseg.engine.distributed import revert_sync_batchnorm
 from ddpseg.engine.optimizer import build_optimizer
 from ddpseg.engine.trainer import AMP_DTYPES, parse_losses
+from ddpseg.models.backbones.layers import DepthwiseConv2d
 from ddpseg.models.build import build_model
 from ddpseg.runtime import tune_cpu_allocator
 
@@ -45,16 +52,23 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--amp", choices=sorted(AMP_DTYPES), help="autocast dtype")
+    p.add_argument("--compare", action="store_true", help="also measure with the fused training paths off")
     p.add_argument("--quickstart", action="store_true", help="run `ddpseg quickstart` instead and report it")
     p.add_argument("--out", help="--quickstart output folder (default: a temporary one)")
     return p.parse_args()
 
 
-def measure(cfg: Config, device: torch.device, args: argparse.Namespace) -> dict:
+def measure(config: str, device_name: str, args: argparse.Namespace, fused: bool) -> dict:
     """One training step as the trainer takes it: the config's optimizer (paramwise rules), per-process BN."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tune_cpu_allocator()  # as `ddpseg train` does
+    DepthwiseConv2d.fast_backward = fused
+    device = torch.device(device_name)
+    cfg = Config.fromfile(config)
     torch.manual_seed(0)
     model = revert_sync_batchnorm(build_model(cfg.model)).to(device).train()
+    model.decode_head.fused_training = fused
     optimizer = build_optimizer(model, cfg.optimizer)
     h, w = args.size
     img = torch.randn(args.batch, 3, h, w, device=device)
@@ -72,24 +86,26 @@ def measure(cfg: Config, device: torch.device, args: argparse.Namespace) -> dict
         torch.cuda.reset_peak_memory_stats(device)
     seconds = timed(step, device, args.steps, args.warmup)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    return {"device": name, "median": seconds, "memory": peak_memory_mib(device),
-            "params": sum(p.numel() for p in model.parameters())}
+    return {"device": name, "path": "fused" if fused else "plain autograd", "median": seconds,
+            "memory": peak_memory_mib(device), "params": sum(p.numel() for p in model.parameters())}
 
 
 def train_step_table(args: argparse.Namespace) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = Config.fromfile(args.config)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    rows = [measure(cfg, torch.device(d), args) for d in devices]
+    jobs = [(args.config, d, args, fused) for d in devices for fused in ((True, False) if args.compare else (True,))]
+    ctx = multiprocessing.get_context("spawn")
+    rows = []
+    for job in jobs:  # one fresh process per row: its own peak memory
+        with ctx.Pool(1) as pool:
+            rows.append(pool.apply(measure, job))
     print(f"\nconfig {Path(args.config).name}: batch {args.batch}, {args.size[0]}x{args.size[1]}, amp {args.amp}, "
           f"torch {torch.__version__}, {rows[0]['params'] / 1e6:.1f}M parameters; "
           f"median of {args.steps} steps after {args.warmup} warm-up")
-    print(f"| {'device':<34} | training step (s) | peak memory (MiB) |")
-    print(f"|{'-' * 36}|-------------------|-------------------|")
+    print(f"| {'device':<34} | {'path':<14} | training step (s) | peak memory (MiB) |")
+    print(f"|{'-' * 36}|{'-' * 16}|-------------------|-------------------|")
     for r in rows:
         kind = "process RSS" if r["device"].startswith("cpu") else "CUDA alloc"
-        print(f"| {r['device']:<34} | {r['median']:17.3f} | {r['memory']:6.0f} {kind:<11}|")
+        print(f"| {r['device']:<34} | {r['path']:<14} | {r['median']:17.3f} | {r['memory']:6.0f} {kind:<11}|")
 
 
 def quickstart_table(args: argparse.Namespace) -> None:

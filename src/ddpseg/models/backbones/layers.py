@@ -80,6 +80,8 @@ class DepthwiseConv2d(nn.Conv2d):
     convolution (the gradient map as the kernel). Exact up to float summation order (tested in float64).
     """
 
+    fast_backward = True  # class-wide switch (False: PyTorch's own conv backward), for A/B benchmarks
+
     def __init__(self, channels: int, kernel_size: int, bias: bool = True) -> None:
         if kernel_size % 2 != 1:
             raise ValueError(f"DepthwiseConv2d needs an odd kernel_size, got {kernel_size}")
@@ -88,7 +90,7 @@ class DepthwiseConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         autocast = x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
-        if needs_grad and not autocast and x.dim() == 4:
+        if needs_grad and self.fast_backward and not autocast and x.dim() == 4:
             return _DepthwiseConv.apply(x, self.weight, self.bias)
         return super().forward(x)
 
