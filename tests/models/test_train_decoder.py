@@ -119,3 +119,35 @@ def test_gather_backward_matches_dense_reference(sparse):
     torch.testing.assert_close(g_weight, (table[index] * grad[:, None]).sum(-1))
     expected = torch.zeros_like(table).index_add_(0, index.reshape(-1), (weight[..., None] * grad[:, None]).reshape(-1, dim))
     torch.testing.assert_close(g_table, expected)
+
+
+def test_mini_ddp_training_gradients_match_plain_autograd(mini_model_cfg):
+    from ddpseg.models.backbones.layers import DepthwiseConv2d
+    from ddpseg.models.build import build_model
+
+    torch.manual_seed(0)
+    model = build_model(mini_model_cfg).double().train()
+    img = torch.randn(1, 3, 64, 128, dtype=torch.float64)
+    gt = torch.randint(0, model.num_classes, (1, 1, 64, 128))
+    gt[0, 0, :4] = 255
+    times = torch.tensor([0.3], dtype=torch.float64)
+    noise = torch.randn(1, model.decode_head.in_channels, 16, 32, dtype=torch.float64)
+
+    def grads(fused: bool):
+        model.decode_head.fused_training = fused
+        DepthwiseConv2d.fast_backward = fused
+        model.zero_grad()
+        torch.manual_seed(1)  # the auxiliary head's dropout draws the same mask both times
+        try:
+            losses = model.forward_train(img, gt, times=times, noise=noise)
+        finally:
+            DepthwiseConv2d.fast_backward = True
+        sum(v for k, v in losses.items() if "loss" in k).backward()
+        return {k: v.detach() for k, v in losses.items()}, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    (loss_fused, fused), (loss_plain, plain) = grads(True), grads(False)
+    for name in loss_plain:
+        torch.testing.assert_close(loss_fused[name], loss_plain[name], rtol=1e-10, atol=1e-10)
+    assert set(fused) == set(plain)
+    for name in plain:
+        torch.testing.assert_close(fused[name], plain[name], rtol=1e-8, atol=1e-10, msg=name)
