@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--amp", choices=sorted(_DTYPES), default="fp32", help="autocast dtype for the model")
+    parser.add_argument("--channels-last", action="store_true", help="image encoder in NHWC layout (inference rows)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the image encoder (inference rows)")
     parser.add_argument("--module-decoder", action="store_true", help="use the module-by-module decoder, not the chunked one")
     parser.add_argument("--train", action="store_true", help="also time one training step (in a fresh process)")
     parser.add_argument("--reference", type=Path, help="JSON of the original's timings to print beside ours")
@@ -66,8 +68,12 @@ def run(args: argparse.Namespace) -> int:
         threads=torch.get_num_threads(), torch_version=torch.__version__,
         ceiling_gflops=matmul_ceiling(device, dtype or torch.float32) / 1e9,
     )
+    from ..runtime import speed_up_encoder
+
+    speed_up_encoder(model, channels_last=args.channels_last, compile=args.compile)
     report.rows = measure_inference(model, args.shape, args.steps, batch=args.batch, device=device,
                                     repeats=args.repeats, warmup=args.warmup, amp_dtype=dtype)
+    report.notes.append(f"encoder: channels_last={args.channels_last}, compile={args.compile} (training step: neither)")
     report.notes.append(f"decoder: {'module path' if args.module_decoder else 'chunked inference path'}; "
                         f"latency = median of {args.repeats} after {args.warmup} warm-up")
     del model

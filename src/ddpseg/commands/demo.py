@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opacity", type=float, default=0.5, help="opacity of the painted segmentation, in (0, 1]")
     parser.add_argument("--steps", type=int, help="diffusion steps (default: the config's timesteps)")
     parser.add_argument("--amp", choices=["bf16", "fp16"], help="run the model under autocast (default: float32)")
+    parser.add_argument("--channels-last", action="store_true", help="run the image encoder in NHWC layout (often faster)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the image encoder (first image pays the compilation)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
     parser.add_argument("--uncertainty", action="store_true", help="also write entropy and step-disagreement heatmaps")
 
@@ -83,6 +85,7 @@ def _demo(args: argparse.Namespace) -> int:
     import torch
 
     from ..api import init_model
+    from ..runtime import speed_up_encoder
     from ..data.image_io import DataError
     from ..inference import inference
     from ..runtime import autocast_for
@@ -95,6 +98,7 @@ def _demo(args: argparse.Namespace) -> int:
     jobs = _jobs(args)
     device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     model = init_model(args.config, args.checkpoint, device=device)
+    speed_up_encoder(model, channels_last=args.channels_last, compile=args.compile)
     palette = None if args.palette is None else get_palette(args.palette, model.num_classes)
     failed = 0
     progress = None

@@ -55,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="base seed of the per-image noise (default 0)")
     parser.add_argument("--steps", type=int, help="diffusion steps at test time (default: the config's timesteps)")
     parser.add_argument("--amp", choices=["bf16", "fp16"], help="run the model under autocast (default: float32)")
+    parser.add_argument("--channels-last", action="store_true", help="run the image encoder in NHWC layout (often faster)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the image encoder (first image pays the compilation)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda:<gpu-id> if available, else cpu)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
 
@@ -125,7 +127,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..engine.evaluate import evaluate_dataset
     from ..engine.outputs import check_output_file
     from ..engine.rng import set_random_seed
-    from ..runtime import autocast_for
+    from ..runtime import autocast_for, speed_up_encoder
 
     _check_arguments(args)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
@@ -147,6 +149,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         dataset = build_dataset(cfg.data.test)
         model = init_model(cfg, args.checkpoint, device=device)
+        speed_up_encoder(model, channels_last=args.channels_last, compile=args.compile)
         if cfg.get("test_cfg") and "test_cfg" not in cfg.model:  # old configs keep it at the top level
             model.test_cfg = dict(cfg.test_cfg)
         data_cfg = cfg.data
@@ -173,6 +176,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                 steps=args.steps or model.timesteps,
                 aug_test=args.aug_test,
                 amp=args.amp,
+                channels_last=args.channels_last,
+                compile=args.compile,
                 test_mode=model.test_cfg.get("mode", "whole"),
                 seed=args.seed,
                 world_size=get_world_size(),

@@ -103,6 +103,7 @@ class DDP(nn.Module):
         self.accumulation = accumulation
         self.align_corners = align_corners
         self.chunked_decoder = True  # the cache-friendly inference path (fast_decoder.py); False: module path
+        self.channels_last = False  # feed the encoder NHWC images (ddpseg.runtime.speed_up_encoder)
         channels = decode_head.in_channels
         self.label_encoder = LabelEncoder(num_classes, channels, bit_scale, ignore_index)
         self.transform = nn.Conv2d(channels * 2, channels, 1)
@@ -115,6 +116,8 @@ class DDP(nn.Module):
     # ------------------------------------------------------------------ features
     def extract_feat(self, img: Tensor) -> Tensor:
         """Normalised images (B, 3, H, W) → fused features (B, C, H/4, W/4)."""
+        if self.channels_last:
+            img = img.contiguous(memory_format=torch.channels_last)
         return self.neck(self.backbone(img))
 
     def _denoise_logits(self, x: Tensor, mask_t: Tensor, log_snr: Tensor) -> Tensor:
