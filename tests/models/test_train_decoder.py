@@ -151,3 +151,17 @@ def test_mini_ddp_training_gradients_match_plain_autograd(mini_model_cfg):
     assert set(fused) == set(plain)
     for name in plain:
         torch.testing.assert_close(fused[name], plain[name], rtol=1e-8, atol=1e-10, msg=name)
+
+
+def test_config_key_switches_the_fused_path_off(mini_model_cfg):
+    import copy
+
+    from ddpseg.models.build import ModelConfigError, build_model
+
+    assert build_model(mini_model_cfg).decode_head.fused_training is True
+    cfg = copy.deepcopy(mini_model_cfg)
+    cfg["decode_head"]["fused_training"] = False
+    assert build_model(cfg).decode_head.fused_training is False
+    cfg["decode_head"]["fused_training"] = "no"
+    with pytest.raises(ModelConfigError, match="fused_training"):
+        build_model(cfg)

@@ -117,6 +117,7 @@ _DECODE_KEYS = {
     "type", "in_channels", "channels", "in_index", "dropout_ratio", "num_classes", "norm_cfg", "align_corners",
     "num_feature_levels", "encoder", "positional_encoding", "loss_decode", "ignore_index", "init_cfg",
     "input_transform", "act_cfg", "conv_cfg", "sampler",
+    "fused_training",  # ddpseg: False trains the decoder under plain autograd (models/train_decoder.py)
 }  # fmt: skip
 
 
@@ -182,7 +183,7 @@ def _build_decode_head(cfg: Mapping[str, Any]) -> DeformableHeadWithTime:
     _check_keys(pos, {"type", "num_feats", "temperature", "normalize", "scale", "eps", "offset", "init_cfg"}, f"{where}.positional_encoding")
     if pos.get("type", "SinePositionalEncoding") != "SinePositionalEncoding":
         raise ModelConfigError(f"{where}.positional_encoding.type must be 'SinePositionalEncoding'")
-    return DeformableHeadWithTime(
+    head = DeformableHeadWithTime(
         in_channels=embed,
         channels=cfg.get("channels", embed),
         num_classes=int(_require(cfg, "num_classes", where)),
@@ -205,6 +206,11 @@ def _build_decode_head(cfg: Mapping[str, Any]) -> DeformableHeadWithTime:
         align_corners=bool(cfg.get("align_corners", False)),
         loss_weight=_loss_weight(cfg.get("loss_decode"), f"{where}.loss_decode"),
     )
+    fused = cfg.get("fused_training", True)
+    if not isinstance(fused, bool):
+        raise ModelConfigError(f"{where}.fused_training must be True or False, got {fused!r}")
+    head.fused_training = fused
+    return head
 
 
 def _build_aux_head(cfg: Mapping[str, Any]) -> FCNHead:

@@ -78,6 +78,7 @@ class DepthwiseConv2d(nn.Conv2d):
     gradient is the depthwise conv of the output gradient with the flipped kernel, and the weight
     gradient is each input channel correlated with its output-gradient channel, itself a grouped
     convolution (the gradient map as the kernel). Exact up to float summation order (tested in float64).
+    Used on the CPU; elsewhere the plain ``nn.Conv2d`` path runs.
     """
 
     fast_backward = True  # class-wide switch (False: PyTorch's own conv backward), for A/B benchmarks
@@ -90,7 +91,8 @@ class DepthwiseConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         autocast = x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
-        if needs_grad and self.fast_backward and not autocast and x.dim() == 4:
+        # measured on the CPU only; CUDA's own depthwise backward is a dedicated kernel
+        if needs_grad and self.fast_backward and x.device.type == "cpu" and not autocast and x.dim() == 4:
             return _DepthwiseConv.apply(x, self.weight, self.bias)
         return super().forward(x)
 
