@@ -1,4 +1,6 @@
-"""Process-level tuning of the CPU memory allocator.
+"""Runtime knobs: CPU allocator tuning, autocast contexts, opt-in encoder speed-ups (channels-last, compile).
+
+Allocator:
 
 PyTorch allocates CPU tensors with ``malloc``. glibc serves allocations above its mmap threshold
 (128 KiB–32 MiB, adaptive) with fresh ``mmap`` pages and unmaps them on free, so every large tensor a
@@ -32,6 +34,7 @@ def autocast_for(device: str, amp: Optional[str]) -> ContextManager:
     if amp not in AMP_CHOICES:
         raise ValueError(f"amp must be one of {sorted(AMP_CHOICES)}, got {amp!r}")
     return torch.autocast(device_type=torch.device(device).type, dtype=AMP_CHOICES[amp])
+
 
 def speed_up_encoder(model: torch.nn.Module, *, channels_last: bool = False, compile: bool = False) -> torch.nn.Module:
     """Opt-in speed-ups for a DDP model's image encoder (backbone + neck), in place; returns the model.

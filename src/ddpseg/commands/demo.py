@@ -85,10 +85,9 @@ def _demo(args: argparse.Namespace) -> int:
     import torch
 
     from ..api import init_model
-    from ..runtime import speed_up_encoder
     from ..data.image_io import DataError
     from ..inference import inference
-    from ..runtime import autocast_for
+    from ..runtime import autocast_for, speed_up_encoder
     from ..visualize import get_palette
 
     if not 0 < args.opacity <= 1:
