@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .heads import DeformableHeadWithTime
-from .ms_deform_attn import bilinear_corners
+from .ms_deform_attn import single_level_corners
 
 __all__ = ["decode_tokens_chunked", "can_decode_chunked"]
 
@@ -56,8 +56,6 @@ def _decode_one(
     ctx = head.context(height, width, x.device)
     pos = ctx.pos[0].to(x.dtype)  # (Q, C)
     ref = ctx.ref_points[0, :, 0].to(x.dtype)  # (Q, 2)
-    normalizer = torch.tensor([width, height], dtype=x.dtype, device=x.device)
-    head_offset = torch.arange(heads, device=x.device).view(1, heads, 1)
     rows_per_chunk = max(1, TARGET_TOKENS_PER_CHUNK // width)
     chunks = [(r, min(r + rows_per_chunk, height)) for r in range(0, height, rows_per_chunk)]
 
@@ -88,12 +86,7 @@ def _decode_one(
         for r0, r1 in chunks:
             t0, t1 = r0 * width, r1 * width
             n = t1 - t0
-            samp = sampling[t0:t1]
-            offsets = samp[:, : heads * points * 2].view(n, heads, points, 2)
-            attention = samp[:, heads * points * 2 :].reshape(n, heads, points).softmax(-1)
-            locations = ref[t0:t1, None, None, :] + offsets / normalizer
-            index, weight = bilinear_corners(locations, attention, height, width)
-            index = (index * heads + head_offset[..., None]).view(n * heads, points * 4)
+            index, weight = single_level_corners(sampling[t0:t1], ref[t0:t1], heads, points, height, width)
             core = F.embedding_bag(index, table, per_sample_weights=weight.view(n * heads, points * 4), mode="sum")
             x_c = x[t0:t1]
             attn = layer.attn

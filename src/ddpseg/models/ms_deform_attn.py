@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ms_deform_attn_core", "ms_deform_attn_gather", "bilinear_corners", "set_sampler", "MultiScaleDeformableAttention", "reference_points"]
+__all__ = ["ms_deform_attn_core", "ms_deform_attn_gather", "bilinear_corners", "single_level_corners", "set_sampler", "MultiScaleDeformableAttention", "reference_points"]
 
 SpatialShapes = Sequence[Tuple[int, int]]
 
@@ -88,6 +88,34 @@ def bilinear_corners(
     index = torch.stack((row0 + x0, row0 + x1, row1 + x0, row1 + x1), -1)
     weight = torch.stack((a_y0 * (1 - fx), a_y0 * fx, a_y1 * (1 - fx), a_y1 * fx), -1)
     return index, weight
+
+
+def single_level_corners(
+    samp: Tensor, ref: Tensor, heads: int, points: int, height: int, width: int, table_offset: int = 0
+) -> Tuple[Tensor, Tensor]:
+    """Gather rows and weights for one level, from the raw projections of ``n`` queries.
+
+    Args:
+        samp: (n, heads·points·3): sampling offsets (x, y per point) then attention logits, as
+            ``sampling_offsets`` and ``attention_weights`` produce them (computed as in ``sampling``).
+        ref: (n, 2) reference points (x, y) in [0, 1].
+        table_offset: added to every row (e.g. an image's start in a batched table).
+
+    Returns:
+        index (n·heads, points·4): rows of a (pixels·heads, head_dim) bordered table (see
+        :func:`bilinear_corners`); weight (n, heads, points, 4), differentiable in ``samp``.
+    """
+    n = samp.shape[0]
+    offsets = samp[:, : heads * points * 2].view(n, heads, points, 2)
+    attention = samp[:, heads * points * 2 :].reshape(n, heads, points).softmax(-1)
+    normalizer = torch.tensor([width, height], dtype=samp.dtype, device=samp.device)
+    locations = ref[:, None, None, :] + offsets / normalizer
+    index, weight = bilinear_corners(locations, attention, height, width)
+    head = torch.arange(heads, device=samp.device).view(1, heads, 1, 1)
+    index = index * heads + head
+    if table_offset:
+        index = index + table_offset
+    return index.view(n * heads, points * 4), weight
 
 
 def ms_deform_attn_gather(

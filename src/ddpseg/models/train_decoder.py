@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .ms_deform_attn import bilinear_corners
+from .ms_deform_attn import single_level_corners
 
 __all__ = ["can_fuse_layer", "decoder_layer_train"]
 
@@ -89,21 +89,10 @@ class _Spec:
 
 
 def _corners(spec: _Spec, samp: Tensor, ref: Tensor, batch_index: int) -> Tuple[Tensor, Tensor]:
-    """Table rows (n·heads, points·4) and weights (n, heads, points, 4) of a chunk's samples.
-
-    ``samp`` (n, heads·points·3) holds the offsets (x, y per point) then the attention logits, as the
-    module's two projections produce them; the weights are differentiable in ``samp``.
-    """
-    n = samp.shape[0]
-    heads, points, h, w = spec.heads, spec.points, spec.height, spec.width
-    offsets = samp[:, : heads * points * 2].view(n, heads, points, 2)
-    attention = samp[:, heads * points * 2 :].reshape(n, heads, points).softmax(-1)
-    normalizer = torch.tensor([w, h], dtype=samp.dtype, device=samp.device)
-    locations = ref[:, None, None, :] + offsets / normalizer
-    index, weight = bilinear_corners(locations, attention, h, w)
-    head = torch.arange(heads, device=samp.device).view(1, heads, 1, 1)
-    index = index * heads + head + batch_index * ((h + 2) * (w + 2) * heads)
-    return index.view(n * heads, points * 4), weight
+    """:func:`single_level_corners` of a chunk, rows offset to image ``batch_index`` of the batched table."""
+    h, w = spec.height, spec.width
+    offset = batch_index * ((h + 2) * (w + 2) * spec.heads)
+    return single_level_corners(samp, ref, spec.heads, spec.points, h, w, offset)
 
 
 class _FusedLayer(torch.autograd.Function):
