@@ -16,7 +16,7 @@ Two implementations of the sampling core, equal up to float rounding (tested):
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
