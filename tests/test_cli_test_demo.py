@@ -140,6 +140,7 @@ def test_tools_test_prints_the_tables_and_writes_json_next_to_the_checkpoint(tra
         (["--steps", "1"], "whole"),
         (["--amp", "bf16"], "whole"),
         (["--channels-last"], "whole"),
+        (["--cfg-options", "speedups.amp=bf16", "speedups.channels_last=True"], "whole"),
     ],
 )
 def test_aug_test_slide_and_steps_run_and_report_their_settings(trained, tmp_path, capsys, extra, mode):
@@ -150,8 +151,9 @@ def test_aug_test_slide_and_steps_run_and_report_their_settings(trained, tmp_pat
     record = json.loads(out.read_text())
     assert record["aug_test"] == ("--aug-test" in extra) and record["test_mode"] == mode
     assert record["steps"] == (1 if "--steps" in extra else 3)
-    assert record["amp"] == ("bf16" if "--amp" in extra else None)
-    assert record["channels_last"] == ("--channels-last" in extra) and record["compile"] is False
+    from_config = any(arg.startswith("speedups.") for arg in extra)
+    assert record["amp"] == ("bf16" if "--amp" in extra or from_config else None)
+    assert record["channels_last"] == ("--channels-last" in extra or from_config) and record["compile"] is False
     assert summary_numbers(stdout)[1] == round(record["metric"]["mIoU"] * 100, 2)
 
 

@@ -239,3 +239,26 @@ def test_dist_train_sh_trains_two_cpu_processes_that_end_with_identical_paramete
     assert json.loads((work_dir / "latest.json").read_text())["checkpoint"] == "iter_4.json"
     state = torch.load(work_dir / "iter_4.state.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["rng"]) == 2
+
+
+def test_speedups_section_trains_the_same_run_in_channels_last(tmp_path, data_root):
+    """``speedups.channels_last`` (config) = ``--channels-last`` (flag): same losses up to conv rounding, and
+    its checkpoint loads like any other."""
+    iters = 4
+    work_dir, plain_dir = tmp_path / "nhwc", tmp_path / "nchw"
+    options = tiny_options(data_root, iters)
+    assert train_cli(plain_dir, "--seed", "3", "--no-validate", options=options) == 0
+    assert train_cli(work_dir, "--seed", "3", "--no-validate", options=[*options, "speedups.channels_last=True"]) == 0
+    assert "channels_last True" in next(work_dir.glob("*.log")).read_text()
+    ours = [r["loss"] for r in train_records(work_dir)]
+    reference = [r["loss"] for r in train_records(plain_dir)]
+    assert len(ours) == iters
+    torch.testing.assert_close(torch.tensor(ours), torch.tensor(reference), rtol=1e-3, atol=0)
+    weights = load_file(str(next(work_dir.glob(f"iter_{iters}*.safetensors"))))
+    assert weights["backbone.downsample_layers.0.0.weight"].is_contiguous()
+
+
+def test_bad_speedups_section_names_the_key(tmp_path, data_root, capsys):
+    options = [*tiny_options(data_root), "speedups.chanels_last=True"]
+    assert train_cli(tmp_path / "w", options=options) == 1
+    assert "unknown key(s) ['chanels_last'] in speedups" in capsys.readouterr().err

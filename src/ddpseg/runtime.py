@@ -18,11 +18,14 @@ import ctypes
 import ctypes.util
 import os
 import platform
-from typing import ContextManager, Optional
+from dataclasses import dataclass
+from typing import Any, ContextManager, Mapping, Optional
 
 import torch
 
-__all__ = ["tune_cpu_allocator", "autocast_for", "AMP_CHOICES", "speed_up_encoder"]
+from .config import ConfigError
+
+__all__ = ["tune_cpu_allocator", "autocast_for", "AMP_CHOICES", "speed_up_encoder", "Speedups", "speedup_settings"]
 
 AMP_CHOICES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -34,6 +37,56 @@ def autocast_for(device: str, amp: Optional[str]) -> ContextManager:
     if amp not in AMP_CHOICES:
         raise ValueError(f"amp must be one of {sorted(AMP_CHOICES)}, got {amp!r}")
     return torch.autocast(device_type=torch.device(device).type, dtype=AMP_CHOICES[amp])
+
+
+@dataclass(frozen=True)
+class Speedups:
+    """Opt-in execution settings: autocast dtype (``None`` = float32), NHWC encoder, compiled encoder."""
+
+    amp: Optional[str] = None
+    channels_last: bool = False
+    compile: bool = False
+
+
+SPEEDUP_KEYS = ("amp", "channels_last", "compile")
+
+
+def speedup_settings(
+    cfg: Optional[Mapping[str, Any]],
+    *,
+    amp: Optional[str] = None,
+    channels_last: bool = False,
+    compile: bool = False,
+) -> Speedups:
+    """The config's ``speedups`` section, with command-line flags on top.
+
+    ``speedups = dict(amp=None | 'bf16' | 'fp16', channels_last=False, compile=False)`` at a config's top
+    level applies to training, ``test``, ``demo`` and ``benchmark``; a flag that is given (``--amp``,
+    ``--channels-last``, ``--compile``) wins over the config. A config's legacy ``fp16`` section (mmseg's
+    mixed-precision switch) means ``amp='fp16'`` when neither sets ``amp``.
+    """
+    section = (cfg or {}).get("speedups") or {}
+    where = getattr(cfg, "filename", None) or "<config>"
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{where}: speedups must be a dict with keys {list(SPEEDUP_KEYS)}, got {section!r}")
+    unknown = sorted(set(section) - set(SPEEDUP_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown} in speedups; expected some of {list(SPEEDUP_KEYS)}")
+    for key in ("channels_last", "compile"):
+        if not isinstance(section.get(key, False), bool):
+            raise ConfigError(f"{where}: speedups.{key} must be True or False, got {section[key]!r}")
+    cfg_amp = section.get("amp")
+    if cfg_amp is not None and cfg_amp not in AMP_CHOICES:
+        raise ConfigError(f"{where}: speedups.amp must be None or one of {sorted(AMP_CHOICES)}, got {cfg_amp!r}")
+    if amp is not None and amp not in AMP_CHOICES:
+        raise ValueError(f"amp must be None or one of {sorted(AMP_CHOICES)}, got {amp!r}")
+    if amp is None:
+        amp = cfg_amp if cfg_amp is not None else ("fp16" if (cfg or {}).get("fp16") else None)
+    return Speedups(
+        amp=amp,
+        channels_last=bool(channels_last or section.get("channels_last", False)),
+        compile=bool(compile or section.get("compile", False)),
+    )
 
 
 def speed_up_encoder(model: torch.nn.Module, *, channels_last: bool = False, compile: bool = False) -> torch.nn.Module:

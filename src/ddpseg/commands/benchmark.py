@@ -22,9 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--amp", choices=sorted(_DTYPES), default="fp32", help="autocast dtype for the model")
-    parser.add_argument("--channels-last", action="store_true", help="image encoder in NHWC layout (inference rows)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the image encoder (inference rows)")
+    parser.add_argument("--amp", choices=sorted(_DTYPES), help="autocast dtype for the model (default: the config's "
+                        "speedups.amp, else fp32)")
+    parser.add_argument("--channels-last", action="store_true", help="image encoder in NHWC layout")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the image encoder")
     parser.add_argument("--module-decoder", action="store_true", help="use the module-by-module decoder, not the chunked one")
     parser.add_argument("--train", action="store_true", help="also time one training step (in a fresh process)")
     parser.add_argument("--reference", type=Path, help="JSON of the original's timings to print beside ours")
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _setup(args):
     import torch
 
-    from ..runtime import tune_cpu_allocator
+    from ..runtime import speed_up_encoder, speedup_settings, tune_cpu_allocator
 
     tune_cpu_allocator()  # also in the spawned training worker
 
@@ -45,8 +46,15 @@ def _setup(args):
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = build_model(load_config(args.config).model).to(device)
+    cfg = load_config(args.config)
+    speedups = speedup_settings(cfg, amp=None if args.amp in (None, "fp32") else args.amp,
+                                channels_last=args.channels_last, compile=args.compile)
+    if args.amp is None:
+        args.amp = speedups.amp or "fp32"
+    args.channels_last, args.compile = speedups.channels_last, speedups.compile
+    model = build_model(cfg.model).to(device)
     model.chunked_decoder = not args.module_decoder
+    speed_up_encoder(model, channels_last=speedups.channels_last, compile=speedups.compile)
     dtype = getattr(torch, _DTYPES[args.amp]) if _DTYPES[args.amp] else None
     return torch, device, model, dtype
 
@@ -68,12 +76,9 @@ def run(args: argparse.Namespace) -> int:
         threads=torch.get_num_threads(), torch_version=torch.__version__,
         ceiling_gflops=matmul_ceiling(device, dtype or torch.float32) / 1e9,
     )
-    from ..runtime import speed_up_encoder
-
-    speed_up_encoder(model, channels_last=args.channels_last, compile=args.compile)
     report.rows = measure_inference(model, args.shape, args.steps, batch=args.batch, device=device,
                                     repeats=args.repeats, warmup=args.warmup, amp_dtype=dtype)
-    report.notes.append(f"encoder: channels_last={args.channels_last}, compile={args.compile} (training step: neither)")
+    report.notes.append(f"encoder: channels_last={args.channels_last}, compile={args.compile}")
     report.notes.append(f"decoder: {'module path' if args.module_decoder else 'chunked inference path'}; "
                         f"latency = median of {args.repeats} after {args.warmup} warm-up")
     del model

@@ -87,7 +87,7 @@ def _demo(args: argparse.Namespace) -> int:
     from ..api import init_model
     from ..data.image_io import DataError
     from ..inference import inference
-    from ..runtime import autocast_for, speed_up_encoder
+    from ..runtime import autocast_for, speed_up_encoder, speedup_settings
     from ..visualize import get_palette
 
     if not 0 < args.opacity <= 1:
@@ -97,7 +97,8 @@ def _demo(args: argparse.Namespace) -> int:
     jobs = _jobs(args)
     device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     model = init_model(args.config, args.checkpoint, device=device)
-    speed_up_encoder(model, channels_last=args.channels_last, compile=args.compile)
+    speedups = speedup_settings(model.cfg, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
+    speed_up_encoder(model, channels_last=speedups.channels_last, compile=speedups.compile)
     palette = None if args.palette is None else get_palette(args.palette, model.num_classes)
     failed = 0
     progress = None
@@ -108,7 +109,7 @@ def _demo(args: argparse.Namespace) -> int:
     for image, out_file in jobs:
         generator = torch.Generator(device=torch.device(device)).manual_seed(args.seed)
         try:
-            with autocast_for(device, args.amp):
+            with autocast_for(device, speedups.amp):
                 result = inference(model, str(image), steps=args.steps, generator=generator)
         except DataError as err:
             if len(jobs) == 1:

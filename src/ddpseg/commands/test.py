@@ -127,7 +127,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..engine.evaluate import evaluate_dataset
     from ..engine.outputs import check_output_file
     from ..engine.rng import set_random_seed
-    from ..runtime import autocast_for, speed_up_encoder
+    from ..runtime import autocast_for, speed_up_encoder, speedup_settings
 
     _check_arguments(args)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
@@ -135,6 +135,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if "data" not in cfg or "test" not in cfg.data:
         raise ConfigError(f"{args.config} has no data.test section to evaluate on")
     cfg.data.test.test_mode = True
+    speedups = speedup_settings(cfg, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
     device = _device(args)
     if args.launcher != "none":
         device = str(init_distributed(device).device)
@@ -149,12 +150,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         dataset = build_dataset(cfg.data.test)
         model = init_model(cfg, args.checkpoint, device=device)
-        speed_up_encoder(model, channels_last=args.channels_last, compile=args.compile)
+        speed_up_encoder(model, channels_last=speedups.channels_last, compile=speedups.compile)
         if cfg.get("test_cfg") and "test_cfg" not in cfg.model:  # old configs keep it at the top level
             model.test_cfg = dict(cfg.test_cfg)
         data_cfg = cfg.data
         workers = data_cfg.get("test_dataloader", {}).get("workers_per_gpu", data_cfg.get("workers_per_gpu", 0))
-        with autocast_for(device, args.amp):
+        with autocast_for(device, speedups.amp):
             metrics = evaluate_dataset(
                 model,
                 dataset,
@@ -175,9 +176,9 @@ def _evaluate(args: argparse.Namespace) -> int:
                 metric={k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()},
                 steps=args.steps or model.timesteps,
                 aug_test=args.aug_test,
-                amp=args.amp,
-                channels_last=args.channels_last,
-                compile=args.compile,
+                amp=speedups.amp,
+                channels_last=speedups.channels_last,
+                compile=speedups.compile,
                 test_mode=model.test_cfg.get("mode", "whole"),
                 seed=args.seed,
                 world_size=get_world_size(),

@@ -44,6 +44,7 @@ from ddpseg.engine.settings import parse_settings
 from ddpseg.engine.trainer import train
 from ddpseg.evaluation.metrics import ALLOWED_METRICS
 from ddpseg.models.build import build_model
+from ddpseg.runtime import speedup_settings
 
 __all__ = ["check_train_config", "default_work_dir", "load_initial_weights", "parameters_agree", "run_training"]
 
@@ -58,7 +59,7 @@ EVALUATION_KEYS = ("interval", "metric", "save_best", "rule", "by_epoch", "pre_e
 KNOWN_TOP_LEVEL = (*REQUIRED_SECTIONS, "optimizer_config", "checkpoint_config", "evaluation", "log_config",
                    "load_from", "resume_from", "work_dir", "workflow", "dist_params", "log_level", "cudnn_benchmark",
                    "find_unused_parameters", "custom_imports", "fp16", "seed", "gpu_ids", "device", "norm_cfg",
-                   "train_cfg", "test_cfg", "total_iters")
+                   "train_cfg", "test_cfg", "total_iters", "speedups")
 
 
 def default_work_dir(config: Union[PathLike, Config]) -> Path:
@@ -173,6 +174,8 @@ def run_training(
     diff_seed: bool = False,
     deterministic: bool = False,
     amp: Optional[str] = None,
+    channels_last: bool = False,
+    compile: bool = False,
     device: Optional[str] = None,
     validate: bool = True,
     progress: Optional[bool] = None,
@@ -191,7 +194,9 @@ def run_training(
         seed: shared seed; default: the resumed checkpoint's, else a random one drawn on rank 0 (mmseg).
         diff_seed: seed each process with ``seed + rank`` (the data order still uses ``seed``).
         deterministic: deterministic cuDNN / PyTorch algorithms.
-        amp: ``'bf16'`` or ``'fp16'`` autocast (a config's ``fp16`` section means ``'fp16'``).
+        amp, channels_last, compile: autocast dtype (``'bf16'`` / ``'fp16'``), NHWC encoder, compiled encoder;
+            each given one wins over the config's ``speedups`` section (see :func:`ddpseg.runtime.speedup_settings`;
+            a legacy ``fp16`` section means ``'fp16'``).
         device: ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` (default: CUDA when available); under torchrun each
             process takes ``cuda:LOCAL_RANK``.
         validate: evaluate on ``cfg.data.val`` every ``evaluation.interval`` iterations (``save_best``).
@@ -202,8 +207,7 @@ def run_training(
     work_dir = Path(work_dir) if work_dir is not None else default_work_dir(cfg)
     resume = resume if resume is not None else cfg.get("resume_from")
     load_from = load_from if load_from is not None else cfg.get("load_from")
-    if amp is None and cfg.get("fp16"):
-        amp = "fp16"
+    speedups = speedup_settings(cfg, amp=amp, channels_last=channels_last, compile=compile)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     info = init_distributed(device)
@@ -270,7 +274,8 @@ def run_training(
                                     print_tables=print_eval_tables)
 
     model = train(
-        model, cfg, loader_fn, work_dir=work_dir, seed=seed, resume=resume, amp=amp, device=device,
+        model, cfg, loader_fn, work_dir=work_dir, seed=seed, resume=resume, amp=speedups.amp, device=device,
+        channels_last=speedups.channels_last, compile=speedups.compile,
         eval_fn=eval_fn, meta=meta, tensorboard=tensorboard, progress=progress,
     )
     if info.distributed:

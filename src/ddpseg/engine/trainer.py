@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ddpseg.runtime import AMP_CHOICES
+from ddpseg.runtime import AMP_CHOICES, speed_up_encoder
 from ddpseg.engine.checkpoint import (
     CheckpointError,
     PathLike,
@@ -137,6 +137,8 @@ def train(
     resume: Optional[PathLike] = None,
     load_from: Optional[PathLike] = None,
     amp: Optional[str] = None,
+    channels_last: bool = False,
+    compile: bool = False,
     device: Union[str, torch.device] = "cpu",
     eval_fn: Optional[EvalFn] = None,
     max_iters: Optional[int] = None,
@@ -160,6 +162,8 @@ def train(
             RNG states and data position. Takes precedence over ``load_from``.
         load_from: weights only (e.g. for the self-aligned fine-tune), strict unless ``weights_filter`` adapts.
         amp: None, ``'bf16'`` or ``'fp16'`` (autocast; fp16 adds a GradScaler).
+        channels_last, compile: the model's image encoder in NHWC layout / through ``torch.compile``
+            (:func:`ddpseg.runtime.speed_up_encoder`; parameter names and checkpoints are unchanged).
         device: ``'cpu'`` or ``'cuda'`` (each torchrun process uses ``cuda:LOCAL_RANK``).
         eval_fn: ``eval_fn(model, iteration) -> metrics`` called on every rank in eval mode, no grad, every
             ``evaluation.interval`` iterations; rank 0's metrics are logged and drive ``save_best``.
@@ -186,6 +190,8 @@ def train(
         torch.backends.cudnn.benchmark = True
 
     model = prepare_batchnorm(model, distributed=info.distributed, device=device).to(device)
+    if channels_last or compile:
+        speed_up_encoder(model, channels_last=channels_last, compile=compile)
     model_config = model_section(cfg)
     resume = _resolve_resume(resume, work_dir)
     checkpoint = None
@@ -262,7 +268,8 @@ def train(
         elif load_from is not None:
             log.info(f"loaded weights from {load_from}")
         log.info(f"training iterations {start_iter} -> {settings.max_iters}, work dir {work_dir}, "
-                 f"world size {info.world_size}, device {device}, amp {amp}")
+                 f"world size {info.world_size}, device {device}, amp {amp}"
+                 + (f", channels_last {channels_last}, compile {compile}" if channels_last or compile else ""))
         model.train()
         end = time.perf_counter()
         for it in range(start_iter, settings.max_iters):
