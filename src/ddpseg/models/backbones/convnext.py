@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as checkpoint
 from torch import Tensor, nn
 
-from .layers import DepthwiseConv2d, DropPath, check_gelu, layer_norm_settings
+from .layers import DepthwiseConv2d, DropPath, check_gelu, gelu_linear, layer_norm_settings
 from .pretrained import LoadReport, StateDictSource, load_converted, read_source, source_name, unwrap_state_dict
 
 __all__ = ["ConvNeXt", "ConvNeXtBlock", "LayerNorm2d", "ARCH_SETTINGS", "convert_pretrained", "load_pretrained"]
@@ -79,7 +79,7 @@ class ConvNeXtBlock(nn.Module):
 
     def _residual(self, x: Tensor) -> Tensor:
         y = self.depthwise_conv(x).permute(0, 2, 3, 1)
-        y = self.pointwise_conv2(self.act(self.pointwise_conv1(self.norm(y))))
+        y = gelu_linear(self.pointwise_conv1(self.norm(y)), self.pointwise_conv2)  # = fc2(act(fc1(norm(y))))
         if self.gamma is not None:
             y = y * self.gamma
         return x + self.drop_path(y.permute(0, 3, 1, 2))

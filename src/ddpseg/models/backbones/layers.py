@@ -7,8 +7,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
-__all__ = ["DropPath", "drop_path", "layer_norm_settings", "check_gelu", "DepthwiseConv2d"]
+__all__ = ["DropPath", "drop_path", "layer_norm_settings", "check_gelu", "DepthwiseConv2d", "gelu_linear"]
 
 
 def drop_path(x: Tensor, drop_prob: float = 0.0, training: bool = False) -> Tensor:
@@ -122,3 +123,41 @@ class _DepthwiseConv(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum((0, 2, 3))
         return grad_x, grad_w, grad_b
+
+
+def gelu_linear(h: Tensor, linear: nn.Linear) -> Tensor:
+    """``linear(F.gelu(h))`` (exact GELU) that, under autograd, keeps only ``h`` for the backward.
+
+    Plain autograd saves both the GELU input (for its derivative) and its output (for the Linear's
+    weight gradient): two tensors of the MLP's hidden width. This recomputes GELU(h) in the backward
+    instead, an element-wise pass, and frees one of them: ≈ 360 MB of a ConvNeXt-T training step at
+    512×1024. The same operations run in the same order, so the gradients equal autograd's. Falls
+    back to the plain expression without grad, under autocast, or for non-floating inputs.
+    """
+    autocast = torch.is_autocast_enabled(h.device.type) if h.device.type in ("cpu", "cuda") else False
+    needs_grad = torch.is_grad_enabled() and (h.requires_grad or linear.weight.requires_grad)
+    if not needs_grad or autocast or not h.is_floating_point() or h.dtype != linear.weight.dtype:
+        return linear(F.gelu(h))
+    return _GeluLinear.apply(h, linear.weight, linear.bias)
+
+
+class _GeluLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        ctx.save_for_backward(h, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(F.gelu(h), weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        h, weight = ctx.saved_tensors
+        grad2 = grad.reshape(-1, grad.shape[-1])
+        g_h = g_w = g_b = None
+        if ctx.needs_input_grad[1]:
+            g_w = grad2.t().mm(F.gelu(h).reshape(-1, h.shape[-1]))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            g_b = grad2.sum(0)
+        if ctx.needs_input_grad[0]:
+            g_h = torch.ops.aten.gelu_backward(grad2.mm(weight).view(h.shape), h)
+        return g_h, g_w, g_b
