@@ -145,7 +145,7 @@ class _FusedLayer(torch.autograd.Function):
         g_shift = torch.zeros_like(scale1)
         g_x = torch.empty_like(x)
         g_samp = torch.empty_like(samp)
-        g_table = torch.empty_like(table)
+        g_value = torch.empty_like(x)  # gradient of value_proj(x): the interior of the table's gradient
         g_core = x.new_empty(tokens, channels)
         for b in range(batch):
             sb = min(b, scale1.shape[0] - 1)
@@ -183,10 +183,10 @@ class _FusedLayer(torch.autograd.Function):
             del core
             # core = Σ_k weight_k · table[index_k] per token and head
             g_weight, g_rows = _gather_backward(flat_table, index, weight.detach(), g_core)
-            g_table[b] = g_rows.view_as(g_table[b])
+            g_value[b].view(h, w, channels).copy_(g_rows.view(h + 2, w + 2, channels)[1 : h + 1, 1 : w + 1])
             (g_samp[b],) = torch.autograd.grad(weight, samp_b, g_weight.view_as(weight))
         # values: table interior = value_proj(x)
-        g_value = g_table.view(batch, h + 2, w + 2, channels)[:, 1 : h + 1, 1 : w + 1].reshape(batch * tokens, channels)
+        g_value = g_value.view(-1, channels)
         x2 = x.view(-1, channels)
         grads["wv"] = g_value.t().mm(x2)
         grads["bv"] = g_value.sum(0)
