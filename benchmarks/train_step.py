@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ddpseg.benchmark import peak_memory_mib, timed
+from ddpseg.benchmark import matmul_ceiling, peak_memory_mib, timed
 from ddpseg.config import Config
 from ddpseg.engine.distributed import revert_sync_batchnorm
 from ddpseg.engine.optimizer import build_optimizer
@@ -85,9 +85,11 @@ def measure(config: str, device_name: str, args: argparse.Namespace, fused: bool
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds = timed(step, device, args.steps, args.warmup)
+    ceiling = matmul_ceiling(device) / 1e9  # this machine's float32 GEMM rate right now: shared hosts drift
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     return {"device": name, "path": "fused" if fused else "plain autograd", "median": seconds,
-            "memory": peak_memory_mib(device), "params": sum(p.numel() for p in model.parameters())}
+            "memory": peak_memory_mib(device), "params": sum(p.numel() for p in model.parameters()),
+            "ceiling": ceiling}
 
 
 def train_step_table(args: argparse.Namespace) -> None:
@@ -101,11 +103,14 @@ def train_step_table(args: argparse.Namespace) -> None:
     print(f"\nconfig {Path(args.config).name}: batch {args.batch}, {args.size[0]}x{args.size[1]}, amp {args.amp}, "
           f"torch {torch.__version__}, {rows[0]['params'] / 1e6:.1f}M parameters; "
           f"median of {args.steps} steps after {args.warmup} warm-up")
-    print(f"| {'device':<34} | {'path':<14} | training step (s) | peak memory (MiB) |")
-    print(f"|{'-' * 36}|{'-' * 16}|-------------------|-------------------|")
+    print(f"| {'device':<34} | {'path':<14} | training step (s) | peak memory (MiB) | matmul GFLOP/s |")
+    print(f"|{'-' * 36}|{'-' * 16}|-------------------|-------------------|----------------|")
     for r in rows:
         kind = "process RSS" if r["device"].startswith("cpu") else "CUDA alloc"
-        print(f"| {r['device']:<34} | {r['path']:<14} | {r['median']:17.3f} | {r['memory']:6.0f} {kind:<11}|")
+        print(f"| {r['device']:<34} | {r['path']:<14} | {r['median']:17.3f} | {r['memory']:6.0f} {kind:<11}| "
+              f"{r['ceiling']:14.0f} |")
+    print("matmul GFLOP/s: a 4096² float32 matmul measured in the same process right after the steps (the "
+          "machine's speed at that moment)")
 
 
 def quickstart_table(args: argparse.Namespace) -> None:
