@@ -195,10 +195,12 @@ class _FusedLayer(torch.autograd.Function):
         q = (x + pos).view(-1, channels)
         split = woff.shape[0]
         g_samp = g_samp.view(-1, g_samp.shape[-1])
-        g_off, g_att = g_samp[:, :split], g_samp[:, split:]
-        grads["woff"], grads["boff"] = g_off.t().mm(q), g_off.sum(0)
-        grads["watt"], grads["batt"] = g_att.t().mm(q), g_att.sum(0)
-        g_x.addmm_(g_off, woff).addmm_(g_att, watt)
+        # both projections at once: one (96 × C) weight gradient and one K=96 input-gradient GEMM, not four thin ones
+        g_w = g_samp.t().mm(q)
+        g_b = g_samp.sum(0)
+        grads["woff"], grads["watt"] = g_w[:split], g_w[split:]
+        grads["boff"], grads["batt"] = g_b[:split], g_b[split:]
+        g_x.addmm_(g_samp, torch.cat([woff, watt]))
         param_grads = [grads[name] if p.requires_grad else None for name, p in zip(_PARAM_NAMES, params)]
         return (None, g_x.view_as(x), None, None, g_scale, g_shift, *param_grads)
 
