@@ -108,7 +108,7 @@ class _FusedLayer(torch.autograd.Function):
         table[:, 1 : h + 1, 1 : w + 1] = F.linear(x, wv, bv).view(batch, h, w, heads, head_dim)
         flat_table = table.view(-1, head_dim)
         query = x + pos
-        samp = torch.cat([F.linear(query, woff, boff), F.linear(query, watt, batt)], -1)
+        samp = F.linear(query, torch.cat([woff, watt]), torch.cat([boff, batt]))  # as the inference path does
         del query
         r1, f, out = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
         pre = x.new_empty(batch, tokens, w1.shape[0])
