@@ -64,3 +64,19 @@ def test_set_sampler_swaps_the_core_and_none_restores_the_default():
         msda.set_sampler(None)
     assert calls and msda._sampler is msda.ms_deform_attn_gather
     torch.testing.assert_close(swapped, default, rtol=0, atol=1e-5)
+
+
+def test_single_level_corners_written_out_backward_equals_autograd_float64():
+    from ddpseg.models.ms_deform_attn import single_level_corners, single_level_corners_with_backward
+
+    torch.manual_seed(0)
+    heads, points, height, width, n = 3, 2, 5, 7, 40
+    samp = (torch.randn(n, heads * points * 3, dtype=torch.float64) * 4).requires_grad_(True)  # many past the border
+    ref = torch.rand(n, 2, dtype=torch.float64)
+    index, weight = single_level_corners(samp, ref, heads, points, height, width, 11)
+    grad = torch.randn_like(weight)
+    (expected,) = torch.autograd.grad(weight, samp, grad)
+    index2, weight2, backward = single_level_corners_with_backward(samp.detach(), ref, heads, points, height, width, 11)
+    assert torch.equal(index2, index) and torch.equal(weight2, weight.detach())
+    assert weight2.grad_fn is None
+    torch.testing.assert_close(backward(grad), expected, rtol=1e-12, atol=1e-12)

@@ -72,11 +72,20 @@ def bilinear_corners(
         weight (..., 4): bilinear weight × attention weight. A corner outside the map lands in the zero
         border (clamped), which is how the reference's zeros padding contributes nothing.
     """
+    xy0, frac = _source_pixels(locations, height, width)
+    return _corners_of(xy0, frac, attention, height, width)
+
+
+def _source_pixels(locations: Tensor, height: int, width: int) -> Tuple[Tensor, Tensor]:
+    """grid_sample's source coordinates of ``locations`` (x, y in [0, 1]), split into floor and fraction."""
     grid = 2 * locations - 1  # the reference's grid, so the unnormalisation rounds identically
     size = torch.tensor([width, height], dtype=grid.dtype, device=grid.device)
     xy = ((grid + 1) * size - 1) / 2  # grid_sample's source index, align_corners=False
     xy0 = xy.floor()
-    frac = xy - xy0
+    return xy0, xy - xy0
+
+
+def _corners_of(xy0: Tensor, frac: Tensor, attention: Tensor, height: int, width: int) -> Tuple[Tensor, Tensor]:
     xy0 = xy0.long() + 1  # +1: the border
     x0 = xy0[..., 0].clamp(0, width + 1)
     x1 = (xy0[..., 0] + 1).clamp(0, width + 1)
@@ -105,17 +114,55 @@ def single_level_corners(
         index (n·heads, points·4): rows of a (pixels·heads, head_dim) bordered table (see
         :func:`bilinear_corners`); weight (n, heads, points, 4), differentiable in ``samp``.
     """
+    index, weight, _ = _single_level(samp, ref, heads, points, height, width, table_offset)
+    return index, weight
+
+
+def _single_level(
+    samp: Tensor, ref: Tensor, heads: int, points: int, height: int, width: int, table_offset: int
+) -> Tuple[Tensor, Tensor, Tuple[Tensor, Tensor]]:
+    """:func:`single_level_corners`, plus (attention (n, heads, points), fractions (n, heads, points, 2))."""
     n = samp.shape[0]
     offsets = samp[:, : heads * points * 2].view(n, heads, points, 2)
     attention = samp[:, heads * points * 2 :].reshape(n, heads, points).softmax(-1)
     normalizer = torch.tensor([width, height], dtype=samp.dtype, device=samp.device)
     locations = ref[:, None, None, :] + offsets / normalizer
-    index, weight = bilinear_corners(locations, attention, height, width)
+    xy0, frac = _source_pixels(locations, height, width)
+    index, weight = _corners_of(xy0, frac, attention, height, width)
     head = torch.arange(heads, device=samp.device).view(1, heads, 1, 1)
     index = index * heads + head
     if table_offset:
         index = index + table_offset
-    return index.view(n * heads, points * 4), weight
+    return index.view(n * heads, points * 4), weight, (attention, frac)
+
+
+def single_level_corners_with_backward(
+    samp: Tensor, ref: Tensor, heads: int, points: int, height: int, width: int, table_offset: int = 0
+) -> Tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]:
+    """:func:`single_level_corners` without autograd, plus ``backward(grad_weight) -> grad_samp``.
+
+    The backward is the chain rule written out (the bilinear products, then the attention softmax;
+    the location's gradient is the fraction's, as d(source pixel)/d(offset) = size / normaliser = 1),
+    so no graph is recorded for the ~1M corner weights of a 128×256 map.
+    """
+    with torch.no_grad():
+        index, weight, (attention, frac) = _single_level(samp, ref, heads, points, height, width, table_offset)
+
+    def backward(grad_weight: Tensor) -> Tensor:
+        n = samp.shape[0]
+        g = grad_weight.view(n, heads, points, 4)
+        fx, fy = frac[..., 0], frac[..., 1]
+        gx0, gx1 = 1 - fx, fx
+        a_y0, a_y1 = attention * (1 - fy), attention * fy
+        g_y0 = g[..., 0] * gx0 + g[..., 1] * gx1  # d/d a_y0
+        g_y1 = g[..., 2] * gx0 + g[..., 3] * gx1  # d/d a_y1
+        g_fx = a_y0 * (g[..., 1] - g[..., 0]) + a_y1 * (g[..., 3] - g[..., 2])
+        g_fy = attention * (g_y1 - g_y0)
+        g_att = g_y0 * (1 - fy) + g_y1 * fy
+        g_logits = attention * (g_att - (attention * g_att).sum(-1, keepdim=True))
+        return torch.cat([torch.stack((g_fx, g_fy), -1).view(n, -1), g_logits.view(n, -1)], 1)
+
+    return index, weight, backward
 
 
 def ms_deform_attn_gather(

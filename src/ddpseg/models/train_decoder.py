@@ -19,7 +19,7 @@ The backward rebuilds, per image, the bilinear corners of the whole map and gath
 output (``core``, the input of output_proj) again from them; it walks the chunks for the token-wise
 part, recomputing each LayerNorm output and GELU(pre); then it gets the value and corner-weight
 gradients from two sparse products (``_gather_backward``) and the offset/attention-logit gradients
-from a small autograd graph over the corners. Gradients equal
+from the corner weights' chain rule written out (``single_level_corners_with_backward``). Gradients equal
 the module path's up to float rounding (tested in float64). Used for gradient passes of the
 published setting: one feature level, GELU FFN, no active dropout, no autocast; anything else runs
 the module path. Double backward is not supported.
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .ms_deform_attn import single_level_corners
+from .ms_deform_attn import single_level_corners, single_level_corners_with_backward
 
 __all__ = ["can_fuse_layer", "decoder_layer_train"]
 
@@ -150,11 +150,11 @@ class _FusedLayer(torch.autograd.Function):
         for b in range(batch):
             sb = min(b, scale1.shape[0] - 1)
             # the bilinear corners of the whole map; core (input of output_proj) is gathered again from them
-            with torch.enable_grad():
-                samp_b = samp[b].detach().requires_grad_(True)
-                index, weight = _corners(spec, samp_b, ref, 0)
+            index, weight, corners_backward = single_level_corners_with_backward(
+                samp[b], ref, spec.heads, spec.points, h, w
+            )
             flat_table = table[b].view(-1, head_dim)
-            core = F.embedding_bag(index, flat_table, per_sample_weights=weight.detach().view(tokens * heads, -1), mode="sum")
+            core = F.embedding_bag(index, flat_table, per_sample_weights=weight.view(tokens * heads, -1), mode="sum")
             core = core.view(tokens, channels)
             for t0, t1 in spec.chunks():
                 n = t1 - t0
@@ -182,9 +182,9 @@ class _FusedLayer(torch.autograd.Function):
                 torch.mm(g_r1, wo, out=g_core[t0:t1])
             del core
             # core = Σ_k weight_k · table[index_k] per token and head
-            g_weight, g_rows = _gather_backward(flat_table, index, weight.detach(), g_core)
+            g_weight, g_rows = _gather_backward(flat_table, index, weight, g_core)
             g_value[b].view(h, w, channels).copy_(g_rows.view(h + 2, w + 2, channels)[1 : h + 1, 1 : w + 1])
-            (g_samp[b],) = torch.autograd.grad(weight, samp_b, g_weight.view_as(weight))
+            g_samp[b] = corners_backward(g_weight)
         # values: table interior = value_proj(x)
         g_value = g_value.view(-1, channels)
         x2 = x.view(-1, channels)
