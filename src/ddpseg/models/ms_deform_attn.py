@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ms_deform_attn_core", "ms_deform_attn_gather", "bilinear_corners", "single_level_corners", "set_sampler", "MultiScaleDeformableAttention", "reference_points"]
+__all__ = ["ms_deform_attn_core", "ms_deform_attn_gather", "bilinear_corners", "single_level_corners", "single_level_corners_with_backward", "set_sampler", "MultiScaleDeformableAttention", "reference_points"]
 
 SpatialShapes = Sequence[Tuple[int, int]]
 
