@@ -58,3 +58,29 @@ def test_training_backpropagates_into_every_trainable_part(mini_model_cfg):
                      "label_encoder.embedding.weight"):  # fmt: skip
             grad = dict(model.named_parameters())[name].grad
             assert grad is not None and grad.abs().sum() > 0, f"{kind}: no gradient for {name}"
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_logit_maps_are_canonical_channels_last_views(batch):
+    """A batch stride of K (not H·W·K) at B = 1 sends F.interpolate down its slow NCHW path."""
+    from ddpseg.models.heads import to_channels_last, tokens_to_map
+
+    h, w, k = 5, 7, 3
+    tokens = torch.randn(batch, h * w, k)
+    expected_strides = (h * w * k, 1, w * k, k)
+    out = tokens_to_map(tokens, h, w)
+    assert out.stride() == expected_strides and out.data_ptr() == tokens.data_ptr()
+    torch.testing.assert_close(out, tokens.transpose(1, 2).reshape(batch, k, h, w), rtol=0, atol=0)
+    weird = torch.as_strided(tokens, (batch, k, h, w), (k if batch == 1 else h * w * k, 1, w * k, k))
+    nchw = out.contiguous()
+    for x in (weird, nchw, out):
+        y = to_channels_last(x)
+        assert y.stride() == expected_strides
+        torch.testing.assert_close(y, out, rtol=0, atol=0)
+    assert to_channels_last(weird).data_ptr() == tokens.data_ptr()  # already NHWC in memory: no copy
+
+
+def test_sampled_logits_are_channels_last(mini_model):
+    img = torch.randn(1, 3, 64, 128)
+    logits = mini_model.sample_logits(img, steps=1)
+    assert logits.is_contiguous(memory_format=torch.channels_last) and logits.stride()[0] == logits[0].numel()

@@ -30,7 +30,7 @@ from .diffusion import (
     time_tensor,
 )
 from .fast_decoder import can_decode_chunked, decode_tokens_chunked
-from .heads import DeformableHeadWithTime, FCNHead
+from .heads import DeformableHeadWithTime, FCNHead, tokens_to_map
 from .necks import DDPNeck
 
 __all__ = ["DDP", "SelfAlignedDDP", "SamplerTrace"]
@@ -249,8 +249,8 @@ class DDP(nn.Module):
         return self.decode_head.classify_tokens(self.decode_head.forward_tokens(feat, h, w, film))
 
 def _to_map(tokens: Tensor, height: int, width: int) -> Tensor:
-    """(B, H·W, K) → (B, K, H, W)."""
-    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
+    """(B, H·W, K) → (B, K, H, W), a channels-last view with canonical strides (see ``heads.tokens_to_map``)."""
+    return tokens_to_map(tokens, height, width)
 
 
 class SelfAlignedDDP(DDP):
