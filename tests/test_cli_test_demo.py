@@ -304,3 +304,24 @@ def test_demo_refuses_an_unwritable_output_before_loading_the_model(tmp_path, ca
     cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
     code, _, err = run_cli(["demo", str(image), "missing_config.py", "missing.pth", str(blocker / "out.png")], capsys)
     assert code == 1 and "a_file" in err and "missing_config" not in err
+
+
+def test_demo_applies_the_configs_speedups_section_and_flags_win(trained, tmp_path, capsys, monkeypatch):
+    import ddpseg.runtime
+
+    config, checkpoint = trained
+    derived = tmp_path / "with_speedups.py"
+    derived.write_text(f"_base_ = [{str(config)!r}]\nspeedups = dict(channels_last=True, amp='bf16')\n")
+    seen, amps = [], []
+    real_autocast = ddpseg.runtime.autocast_for
+    # recorded, not run: compiling the encoder would take most of a minute
+    monkeypatch.setattr(ddpseg.runtime, "speed_up_encoder", lambda model, **kw: seen.append(kw) or model)
+    monkeypatch.setattr(ddpseg.runtime, "autocast_for", lambda device, amp: amps.append(amp) or real_autocast(device, amp))
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8))
+    for extra in ([], ["--compile", "--amp", "fp16"]):
+        code, _, err = run_cli(["demo", str(image), str(derived), str(checkpoint), str(tmp_path / "out.png"),
+                                "--steps", "1", *extra], capsys)
+        assert code == 0, err
+    assert seen == [dict(channels_last=True, compile=False), dict(channels_last=True, compile=True)]
+    assert amps == ["bf16", "fp16"]
