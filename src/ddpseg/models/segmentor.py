@@ -220,11 +220,11 @@ class DDP(nn.Module):
             if self.accumulation:
                 probs.append(logits.softmax(-1))
             if trace is not None:
-                trace.logits.append(_to_map(logits, h, w))
+                trace.logits.append(tokens_to_map(logits, h, w))
                 trace.labels.append(labels.view(-1, h, w))
         out = torch.stack(probs) if self.accumulation else logits[None]
         out = out.reshape(-1, batch, h * w, out.shape[-1]).mean(0)
-        return _to_map(out, h, w)
+        return tokens_to_map(out, h, w)
 
     @torch.no_grad()
     def sample_logits(
@@ -247,11 +247,6 @@ class DDP(nn.Module):
         if self.chunked_decoder and can_decode_chunked(self.decode_head):
             return decode_tokens_chunked(self.decode_head, feat, h, w, film)
         return self.decode_head.classify_tokens(self.decode_head.forward_tokens(feat, h, w, film))
-
-def _to_map(tokens: Tensor, height: int, width: int) -> Tensor:
-    """(B, H·W, K) → (B, K, H, W), a channels-last view with canonical strides (see ``heads.tokens_to_map``)."""
-    return tokens_to_map(tokens, height, width)
-
 
 class SelfAlignedDDP(DDP):
     """DDP fine-tuned on its own predictions ("self-aligned denoising").
