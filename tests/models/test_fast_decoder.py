@@ -7,16 +7,11 @@ import torch
 from ddpseg.models import fast_decoder
 from ddpseg.models.build import build_model
 
+from .decoder_inputs import perturbed_model_and_inputs
+
 
 def test_chunked_decoder_matches_the_module_path_for_batches_and_odd_sizes(mini_model_cfg, monkeypatch):
-    model = build_model(dict(mini_model_cfg, randsteps=2)).eval()
-    with torch.no_grad():  # non-trivial offsets and attention (they start at zero)
-        for p in model.decode_head.parameters():
-            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
-    monkeypatch.setattr(fast_decoder, "TARGET_TOKENS_PER_CHUNK", 40)  # several chunks, last one partial
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 64, 13, 17, generator=gen)
-    noise = torch.randn(4, 64, 13, 17, generator=gen)
+    model, x, noise = perturbed_model_and_inputs(mini_model_cfg, monkeypatch)
     outs = []
     for chunked in (False, True):
         model.chunked_decoder = chunked

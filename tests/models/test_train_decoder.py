@@ -6,8 +6,11 @@ import pytest
 import torch
 
 import ddpseg.models.train_decoder as train_decoder
+from ddpseg import native
 from ddpseg.models.heads import DeformableHeadWithTime
 from ddpseg.models.train_decoder import can_fuse_layer
+
+from ..native_kernel import require_native_kernel
 
 
 def _head(dtype: torch.dtype, **kwargs) -> DeformableHeadWithTime:
@@ -34,11 +37,23 @@ def _run(head, x, time_emb, height, width, fused: bool):
 
 
 @pytest.mark.parametrize("time_batch", [1, 2])
-@pytest.mark.parametrize("sparse", [True, False])
-def test_gradients_equal_module_path_float64(monkeypatch, time_batch, sparse):
+@pytest.mark.parametrize("gather", ["native", "sparse", "dense"])
+def test_gradients_equal_module_path_float64(monkeypatch, time_batch, gather):
     monkeypatch.setattr(train_decoder, "TOKENS_PER_CHUNK", 40)  # several chunks, the last one partial
-    gather_backward = train_decoder._gather_backward
-    monkeypatch.setattr(train_decoder, "_gather_backward", lambda *args: gather_backward(*args, sparse=sparse))
+    calls = []
+    if gather == "native":
+        require_native_kernel()
+        backward = native.msda_backward
+        monkeypatch.setattr(native, "msda_backward", lambda *a, **k: calls.append(1) or backward(*a, **k))
+    else:
+        monkeypatch.setenv("DDPSEG_NATIVE", "0")
+        gather_backward = train_decoder._gather_backward
+
+        def counted(*args):
+            calls.append(1)
+            return gather_backward(*args, sparse=gather == "sparse")
+
+        monkeypatch.setattr(train_decoder, "_gather_backward", counted)
     head = _head(torch.float64)
     height, width = 7, 19
     x = torch.randn(2, height * width, 32, dtype=torch.float64, requires_grad=True)
@@ -51,6 +66,7 @@ def test_gradients_equal_module_path_float64(monkeypatch, time_batch, sparse):
     assert set(got[3]) == set(ref[3])
     for name in ref[3]:
         torch.testing.assert_close(got[3][name], ref[3][name], rtol=1e-10, atol=1e-10, msg=name)
+    assert len(calls) == 2 * 2  # the chosen gather backward ran: 2 layers × 2 images
 
 
 def test_float32_forward_matches_module_path():

@@ -8,7 +8,8 @@ row chunks does, per token, everything that is token-wise:
                     → value_proj / offsets / attention logits of layer l+1   (or the classifier)
 
 Only the deformable gather needs all of a layer's values, so values live in two bordered tables
-(read layer l, write layer l+1). The arithmetic per token is the module path's, in the same order;
+(read layer l, write layer l+1). The gather is the native kernel (:mod:`ddpseg.native`, bit-equal)
+where it is available, else corners + ``embedding_bag``. The arithmetic per token is the module path's, in the same order;
 results agree to float rounding (tested). Single feature level, no dropout: the DDP inference setting.
 """
 
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import native
 from .heads import DeformableHeadWithTime
 from .ms_deform_attn import single_level_corners
 
@@ -59,7 +61,10 @@ def _decode_one(
     rows_per_chunk = max(1, TARGET_TOKENS_PER_CHUNK // width)
     chunks = [(r, min(r + rows_per_chunk, height)) for r in range(0, height, rows_per_chunk)]
 
-    tables = [x.new_zeros(height + 2, width + 2, heads, head_dim) for _ in range(2)]
+    use_native = native.usable(x)
+    # the native kernel reads head-major tables (heads, H + 2, W + 2, D); embedding_bag pixel-major ones
+    table_shape = (heads, height + 2, width + 2, head_dim) if use_native else (height + 2, width + 2, heads, head_dim)
+    tables = [x.new_zeros(table_shape) for _ in range(2)]
     sampling = x.new_empty(height * width, heads * points * 3)  # offsets (2 per point) + attention logits
     weights = [_stage_a_weights(layer) for layer in layers]
     out = x.new_empty(height * width, head.num_classes)
@@ -69,9 +74,11 @@ def _decode_one(
         """Values into the next table; sampling offsets and attention logits of layer ``layer_index``."""
         attn = layers[layer_index].attn
         table = tables[layer_index % 2]
-        table[r0 + 1 : r1 + 1, 1 : width + 1] = F.linear(x_c, attn.value_proj.weight, attn.value_proj.bias).view(
-            r1 - r0, width, heads, head_dim
-        )
+        value = F.linear(x_c, attn.value_proj.weight, attn.value_proj.bias).view(r1 - r0, width, heads, head_dim)
+        if use_native:
+            table[:, r0 + 1 : r1 + 1, 1 : width + 1] = value.permute(2, 0, 1, 3)
+        else:
+            table[r0 + 1 : r1 + 1, 1 : width + 1] = value
         w_cat, b_cat = weights[layer_index]
         torch.addmm(b_cat, x_c + pos[r0 * width : r1 * width], w_cat.t(), out=sampling[r0 * width : r1 * width])
 
@@ -86,8 +93,13 @@ def _decode_one(
         for r0, r1 in chunks:
             t0, t1 = r0 * width, r1 * width
             n = t1 - t0
-            index, weight = single_level_corners(sampling[t0:t1], ref[t0:t1], heads, points, height, width)
-            core = F.embedding_bag(index, table, per_sample_weights=weight.view(n * heads, points * 4), mode="sum")
+            samp = sampling[t0:t1]
+            if use_native:
+                attention = samp[:, heads * points * 2 :].reshape(n, heads, points).softmax(-1)
+                core = native.msda_forward(samp, attention, ref[t0:t1], table, heads, points, height, width)
+            else:
+                index, weight = single_level_corners(samp, ref[t0:t1], heads, points, height, width)
+                core = F.embedding_bag(index, table, per_sample_weights=weight.view(n * heads, points * 4), mode="sum")
             x_c = x[t0:t1]
             attn = layer.attn
             # a + b == b + a bit for bit, so the in-place adds keep the module path's results

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from .. import native
 from .ms_deform_attn import single_level_corners, single_level_corners_with_backward
 
 __all__ = ["can_fuse_layer", "decoder_layer_train"]
@@ -75,6 +76,7 @@ def decoder_layer_train(
         layer.norm2.weight, layer.norm2.bias,
     )  # fmt: skip
     spec = _Spec(shape[0], shape[1], attn.num_heads, attn.num_points, layer.norm1.eps, layer.norm2.eps)
+    spec.native = native.usable(x)
     return _FusedLayer.apply(spec, x.contiguous(), pos[0].to(x.dtype), ref[0, :, 0].to(x.dtype), scale, shift, *params)
 
 
@@ -84,17 +86,31 @@ class _Spec:
     def __init__(self, height: int, width: int, heads: int, points: int, eps1: float, eps2: float) -> None:
         self.height, self.width, self.heads, self.points = height, width, heads, points
         self.eps1, self.eps2 = eps1, eps2
+        self.native = False  # the native kernel gathers; its value table is head-major
 
     def chunks(self) -> List[Tuple[int, int]]:
         rows = max(1, TOKENS_PER_CHUNK // self.width)
         return [(r * self.width, min(r + rows, self.height) * self.width) for r in range(0, self.height, rows)]
 
 
-def _corners(spec: _Spec, samp: Tensor, ref: Tensor, batch_index: int) -> Tuple[Tensor, Tensor]:
-    """:func:`single_level_corners` of a chunk, rows offset to image ``batch_index`` of the batched table."""
+def _attention_output(spec: _Spec, samp: Tensor, ref: Tensor, flat_table: Tensor, batch_index: int) -> Tensor:
+    """The deformable gather of n queries (n, heads·head_dim), rows offset to image ``batch_index`` of
+    the batched table: the native kernel where it applies, else corners + ``embedding_bag`` (bit-equal)."""
     h, w = spec.height, spec.width
+    n = samp.shape[0]
     offset = batch_index * ((h + 2) * (w + 2) * spec.heads)
-    return single_level_corners(samp, ref, spec.heads, spec.points, h, w, offset)
+    if spec.native:
+        attention = _softmax_attention(spec, samp)
+        return native.msda_forward(samp, attention, ref, flat_table, spec.heads, spec.points, h, w, offset)
+    index, weight = single_level_corners(samp, ref, spec.heads, spec.points, h, w, offset)
+    core = F.embedding_bag(index, flat_table, per_sample_weights=weight.view(n * spec.heads, -1), mode="sum")
+    return core.view(n, -1)
+
+
+def _softmax_attention(spec: _Spec, samp: Tensor) -> Tensor:
+    """The attention weights (n, heads, points) from the logits that follow the offsets in ``samp``."""
+    hp = spec.heads * spec.points
+    return samp[:, 2 * hp :].reshape(samp.shape[0], spec.heads, spec.points).softmax(-1)
 
 
 class _FusedLayer(torch.autograd.Function):
@@ -104,8 +120,14 @@ class _FusedLayer(torch.autograd.Function):
         batch, tokens, channels = x.shape
         h, w, heads = spec.height, spec.width, spec.heads
         head_dim = channels // heads
-        table = x.new_zeros(batch, h + 2, w + 2, heads, head_dim)
-        table[:, 1 : h + 1, 1 : w + 1] = F.linear(x, wv, bv).view(batch, h, w, heads, head_dim)
+        value = F.linear(x, wv, bv).view(batch, h, w, heads, head_dim)
+        if spec.native:
+            table = x.new_zeros(batch, heads, h + 2, w + 2, head_dim)
+            table[:, :, 1 : h + 1, 1 : w + 1] = value.permute(0, 3, 1, 2, 4)
+        else:
+            table = x.new_zeros(batch, h + 2, w + 2, heads, head_dim)
+            table[:, 1 : h + 1, 1 : w + 1] = value
+        del value
         flat_table = table.view(-1, head_dim)
         query = x + pos
         samp = F.linear(query, torch.cat([woff, watt]), torch.cat([boff, batt]))  # as the inference path does
@@ -117,10 +139,8 @@ class _FusedLayer(torch.autograd.Function):
         for b in range(batch):
             sb = min(b, scale.shape[0] - 1)
             for t0, t1 in spec.chunks():
-                n = t1 - t0
-                index, weight = _corners(spec, samp[b, t0:t1], ref[t0:t1], b)
-                core = F.embedding_bag(index, flat_table, per_sample_weights=weight.view(n * heads, -1), mode="sum")
-                r = torch.add(x[b, t0:t1], F.linear(core.view(n, channels), wo, bo), out=r1[b, t0:t1])
+                core = _attention_output(spec, samp[b, t0:t1], ref[t0:t1], flat_table, b)
+                r = torch.add(x[b, t0:t1], F.linear(core, wo, bo), out=r1[b, t0:t1])
                 y, stats[0, b, t0:t1], stats[1, b, t0:t1] = _layer_norm(r, g1, b1, spec.eps1)
                 hidden = F.gelu(torch.addmm(bf1, y, w1.t(), out=pre[b, t0:t1]))
                 r = torch.add(y, F.linear(hidden, w2, bf2), out=f[b, t0:t1])
@@ -147,17 +167,21 @@ class _FusedLayer(torch.autograd.Function):
         g_samp = torch.empty_like(samp)
         g_value = torch.empty_like(x)  # gradient of value_proj(x): the interior of the table's gradient
         g_core = x.new_empty(tokens, channels)
+        use_native = spec.native
         for b in range(batch):
             sb = min(b, scale1.shape[0] - 1)
-            # the bilinear corners of the whole map; core (input of output_proj) is gathered again from them
-            index, weight, corners_backward = single_level_corners_with_backward(
-                samp[b], ref, spec.heads, spec.points, h, w
-            )
             flat_table = table[b].view(-1, head_dim)
-            core = F.embedding_bag(index, flat_table, per_sample_weights=weight.view(tokens * heads, -1), mode="sum")
-            core = core.view(tokens, channels)
+            # core (input of output_proj) is gathered again
+            if use_native:
+                attention = _softmax_attention(spec, samp[b])
+                core = native.msda_forward(samp[b], attention, ref, flat_table, heads, spec.points, h, w)
+            else:
+                index, weight, corners_backward = single_level_corners_with_backward(
+                    samp[b], ref, spec.heads, spec.points, h, w
+                )
+                core = F.embedding_bag(index, flat_table, per_sample_weights=weight.view(tokens * heads, -1), mode="sum")
+                core = core.view(tokens, channels)
             for t0, t1 in spec.chunks():
-                n = t1 - t0
                 g = grad_out[b, t0:t1]
                 # FiLM: out = y2·(scale + 1) + shift
                 y2 = F.layer_norm(f[b, t0:t1], (channels,), g2, b2, spec.eps2)
@@ -182,9 +206,18 @@ class _FusedLayer(torch.autograd.Function):
                 torch.mm(g_r1, wo, out=g_core[t0:t1])
             del core
             # core = Σ_k weight_k · table[index_k] per token and head
-            g_weight, g_rows = _gather_backward(flat_table, index, weight, g_core)
-            g_value[b].view(h, w, channels).copy_(g_rows.view(h + 2, w + 2, channels)[1 : h + 1, 1 : w + 1])
-            g_samp[b] = corners_backward(g_weight)
+            if use_native:
+                g_rows, g_samp[b] = native.msda_backward(
+                    samp[b], attention, ref, flat_table, g_core, heads, spec.points, h, w
+                )
+            else:
+                g_weight, g_rows = _gather_backward(flat_table, index, weight, g_core)
+                g_samp[b] = corners_backward(g_weight)
+            if use_native:  # head-major rows
+                interior = g_rows.view(heads, h + 2, w + 2, head_dim)[:, 1 : h + 1, 1 : w + 1].permute(1, 2, 0, 3)
+            else:
+                interior = g_rows.view(h + 2, w + 2, heads, head_dim)[1 : h + 1, 1 : w + 1]
+            g_value[b].view(h, w, heads, head_dim).copy_(interior)
         # values: table interior = value_proj(x)
         g_value = g_value.view(-1, channels)
         x2 = x.view(-1, channels)

@@ -1,0 +1,199 @@
+"""The optional native CPU kernel of the deformable attention sampling (``csrc/msda_cpu.cpp``).
+
+The kernel is a small C++ file with a plain C interface, built on first use with the system's C++
+compiler (about a second; no PyTorch headers) and loaded with ctypes. The shared library is cached
+under ``$DDPSEG_CACHE_DIR`` (default ``~/.cache/ddpseg``) in a folder named by a hash of the source,
+the compiler command and the CPU, and is written atomically, so concurrent processes are safe.
+
+Nothing depends on it: when there is no compiler, the build fails, or ``DDPSEG_NATIVE=0`` is set, the
+portable PyTorch path runs (one warning says why, unless the variable switched it off). The kernel
+computes the portable path's forward bit for bit where the build has FMA (checked on load), and its
+backward equals the portable backward up to float rounding (tested).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["msda_library", "native_enabled", "msda_forward", "msda_backward", "cache_dir"]
+
+_SOURCE = Path(__file__).resolve().parent / "csrc" / "msda_cpu.cpp"
+_FLAGS = ["-O3", "-std=c++17", "-ffp-contract=off", "-fPIC", "-shared", "-pthread"]
+_lock = threading.Lock()
+_library: Optional[ctypes.CDLL] = None
+_tried = False
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DDPSEG_CACHE_DIR") or Path.home() / ".cache" / "ddpseg")
+
+
+def native_enabled() -> bool:
+    """Whether the native kernel may be used (``DDPSEG_NATIVE=0`` switches it off)."""
+    return os.environ.get("DDPSEG_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _compiler() -> Optional[str]:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: the CPU's model and feature flags."""
+    info = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith(("model name", "flags", "Features", "CPU part")):
+                    info += line
+                if line.strip() == "":
+                    break
+    except OSError:
+        pass
+    return platform.machine() + platform.processor() + info
+
+
+def _arch_flags() -> list:
+    return ["-march=native"] if platform.machine() in ("x86_64", "AMD64", "i686") else ["-mcpu=native"]
+
+
+def _build(compiler: str) -> Path:
+    flags = _FLAGS + _arch_flags()
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join([compiler] + flags).encode() + _cpu_signature().encode()).hexdigest()[:16]
+    target = cache_dir() / "native" / key / "libddpseg_msda.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        result = subprocess.run(
+            [compiler, *flags, str(_SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{compiler} failed on {_SOURCE}:\n{result.stderr.strip()[-2000:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    i64, ptr, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    for suffix in ("f32", "f64"):
+        fwd = getattr(lib, f"ddpseg_msda_forward_{suffix}")
+        fwd.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, i64, ptr, cint]
+        fwd.restype = None
+        bwd = getattr(lib, f"ddpseg_msda_backward_{suffix}")
+        bwd.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, i64, ptr, ptr, cint]
+        bwd.restype = None
+    lib.ddpseg_msda_has_fma.restype = cint
+
+
+def msda_library() -> Optional[ctypes.CDLL]:
+    """The loaded kernel, building it on first call; ``None`` where it is unavailable or switched off."""
+    global _library, _tried
+    if not native_enabled():
+        return None
+    if _tried:
+        return _library
+    with _lock:
+        if _tried:
+            return _library
+        try:
+            compiler = _compiler()
+            if compiler is None:
+                raise RuntimeError("no C++ compiler found (set CXX, or install g++ or clang++)")
+            lib = ctypes.CDLL(str(_build(compiler)))
+            _declare(lib)
+            _library = lib
+        except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+            warnings.warn(
+                f"ddpseg: native deformable-attention kernel unavailable, using the portable PyTorch path ({error})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            _library = None
+        _tried = True
+    return _library
+
+
+def usable(*tensors: Tensor) -> bool:
+    """Whether the kernel applies: CPU float32/float64 tensors of one dtype, kernel available."""
+    first = tensors[0]
+    if first.device.type != "cpu" or first.dtype not in (torch.float32, torch.float64):
+        return False
+    if any(t.device.type != "cpu" or t.dtype != first.dtype for t in tensors):
+        return False
+    return msda_library() is not None
+
+
+def _suffix(t: Tensor) -> str:
+    return "f32" if t.dtype == torch.float32 else "f64"
+
+
+def _check(name: str, t: Tensor) -> None:
+    if not t.is_contiguous():
+        raise ValueError(f"msda native kernel: {name} must be contiguous, got strides {t.stride()}")
+
+
+def msda_forward(
+    samp: Tensor, attention: Tensor, ref: Tensor, table: Tensor, heads: int, points: int, height: int, width: int,
+    table_offset: int = 0, out: Optional[Tensor] = None,
+) -> Tensor:
+    """Attention output (n, heads·dim) of n queries: ``embedding_bag`` over :func:`single_level_corners`.
+
+    samp (n, heads·points·3) raw projections (offsets first), attention (n, heads, points) its softmax,
+    ref (n, 2), table (rows, dim) the bordered value table.
+    """
+    lib = msda_library()
+    n = samp.shape[0]
+    dim = table.shape[1]
+    for name, t in (("samp", samp), ("attention", attention), ("ref", ref), ("table", table)):
+        _check(name, t)
+    if out is None:
+        out = samp.new_empty(n, heads * dim)
+    _check("out", out)
+    getattr(lib, f"ddpseg_msda_forward_{_suffix(samp)}")(
+        samp.data_ptr(), attention.data_ptr(), ref.data_ptr(), table.data_ptr(), n, samp.shape[1], heads, points,
+        height, width, dim, table_offset, out.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    return out
+
+
+def msda_backward(
+    samp: Tensor, attention: Tensor, ref: Tensor, table: Tensor, grad: Tensor, heads: int, points: int, height: int,
+    width: int,
+):
+    """(grad_table (rows, dim), grad_samp (n, heads·points·3)) of :func:`msda_forward` (table_offset 0)."""
+    lib = msda_library()
+    n = samp.shape[0]
+    rows, dim = table.shape
+    for name, t in (("samp", samp), ("attention", attention), ("ref", ref), ("table", table), ("grad", grad)):
+        _check(name, t)
+    if samp.shape[1] != heads * points * 3:
+        raise ValueError(f"msda native kernel: samp must have heads·points·3 = {heads * points * 3} columns, got {samp.shape[1]}")
+    g_table = torch.zeros_like(table)
+    g_samp = torch.empty_like(samp)
+    getattr(lib, f"ddpseg_msda_backward_{_suffix(samp)}")(
+        samp.data_ptr(), attention.data_ptr(), ref.data_ptr(), table.data_ptr(), grad.data_ptr(), n, samp.shape[1],
+        heads, points, height, width, dim, rows, g_table.data_ptr(), g_samp.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    return g_table, g_samp

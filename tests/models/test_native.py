@@ -1,0 +1,190 @@
+"""The native deformable-attention kernel (csrc/msda_cpu.cpp) against the portable PyTorch path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ddpseg import native
+from ddpseg.models.ms_deform_attn import single_level_corners, single_level_corners_with_backward
+from ddpseg.models.train_decoder import _gather_backward
+
+from ..native_kernel import require_native_kernel
+from .decoder_inputs import perturbed_model_and_inputs
+
+
+def _problem(dtype, height=9, width=13, heads=4, points=3, dim=32, batch=2, seed=0):
+    """Raw projections whose offsets reach far past the borders, a batched pixel-major table and its
+    head-major copy (what the kernel reads)."""
+    gen = torch.Generator().manual_seed(seed)
+    n = height * width
+    samp = torch.randn(n, heads * points * 3, generator=gen, dtype=dtype) * 4
+    samp[: n // 5, : heads * points * 2] *= 25  # some samples land outside the map entirely
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    ref = torch.stack(((xs.reshape(-1) + 0.5) / width, (ys.reshape(-1) + 0.5) / height), -1).to(dtype)
+    table = torch.zeros(batch, height + 2, width + 2, heads, dim, dtype=dtype)
+    table[:, 1:-1, 1:-1] = torch.randn(batch, height, width, heads, dim, generator=gen, dtype=dtype)
+    head_major = table.permute(0, 3, 1, 2, 4).contiguous()
+    return samp, ref, table, head_major, (heads, points, height, width)
+
+
+def _attention(samp, heads, points):
+    return samp[:, heads * points * 2 :].reshape(samp.shape[0], heads, points).softmax(-1)
+
+
+@pytest.mark.parametrize("dim", [32, 8, 5])
+def test_forward_is_bit_equal_to_corners_and_embedding_bag(dim):
+    lib = require_native_kernel()
+    samp, ref, table, head_major, (heads, points, h, w) = _problem(torch.float32, dim=dim)
+    plane = (h + 2) * (w + 2) * heads
+    for b in range(2):  # image 1 sits at a row offset of the batched table
+        index, weight = single_level_corners(samp, ref, heads, points, h, w, b * plane)
+        expected = F.embedding_bag(
+            index, table.view(-1, dim), per_sample_weights=weight.view(-1, points * 4), mode="sum"
+        ).view(samp.shape[0], -1)
+        got = native.msda_forward(
+            samp, _attention(samp, heads, points), ref, head_major.view(-1, dim), heads, points, h, w, b * plane
+        )
+        if lib.ddpseg_msda_has_fma():  # the same fused multiply-adds in the same order
+            assert torch.equal(got, expected)
+        else:
+            torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_float64_forward_and_backward_match_the_portable_path():
+    require_native_kernel()
+    samp, ref, table, head_major, (heads, points, h, w) = _problem(torch.float64)
+    dim = table.shape[-1]
+    flat, hm = table[0].reshape(-1, dim), head_major[0].reshape(-1, dim)
+    grad = torch.randn(samp.shape[0], heads * dim, dtype=torch.float64)
+    index, weight, corners_backward = single_level_corners_with_backward(samp, ref, heads, points, h, w)
+    expected = F.embedding_bag(index, flat, per_sample_weights=weight.view(-1, points * 4), mode="sum")
+    g_weight, g_rows = _gather_backward(flat, index, weight, grad)
+    expected_g_samp = corners_backward(g_weight)
+
+    attention = _attention(samp, heads, points)
+    got = native.msda_forward(samp, attention, ref, hm, heads, points, h, w)
+    g_table, g_samp = native.msda_backward(samp, attention, ref, hm, grad, heads, points, h, w)
+    torch.testing.assert_close(got, expected.view_as(got), rtol=1e-13, atol=1e-13)
+    g_table = g_table.view(heads, h + 2, w + 2, dim).permute(1, 2, 0, 3).reshape(-1, dim)
+    # border rows collect gradient of clamped corners in both; only the interior is used, compare all
+    torch.testing.assert_close(g_table, g_rows, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_samp, expected_g_samp, rtol=1e-12, atol=1e-12)
+
+
+def test_backward_is_the_gradient_of_the_forward_gradcheck():
+    require_native_kernel()
+    samp, ref, _, head_major, (heads, points, h, w) = _problem(torch.float64, height=4, width=5, heads=2, points=2, dim=3)
+    table = head_major[0].reshape(-1, 3)
+
+    class Gather(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, s, t):
+            a = _attention(s, heads, points)
+            ctx.save_for_backward(s, a, t)
+            return native.msda_forward(s, a, ref, t, heads, points, h, w)
+
+        @staticmethod
+        def backward(ctx, g):
+            s, a, t = ctx.saved_tensors
+            g_table, g_samp = native.msda_backward(s, a, ref, t, g.contiguous(), heads, points, h, w)
+            return g_samp, g_table
+
+    # small offsets keep the samples away from pixel boundaries, where the bilinear weights kink
+    s = (samp * 0.01).requires_grad_()
+    t = table.clone().requires_grad_()
+    assert torch.autograd.gradcheck(Gather.apply, (s, t), eps=1e-7, atol=1e-6)
+
+
+def test_threads_do_not_change_the_forward_and_agree_on_the_backward():
+    require_native_kernel()
+    samp, ref, _, head_major, (heads, points, h, w) = _problem(torch.float32, height=16, width=24)
+    table = head_major[0].reshape(-1, 32)
+    attention = _attention(samp, heads, points)
+    grad = torch.randn(samp.shape[0], heads * 32)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            results.append(
+                (
+                    native.msda_forward(samp, attention, ref, table, heads, points, h, w),
+                    *native.msda_backward(samp, attention, ref, table, grad, heads, points, h, w),
+                )
+            )
+    finally:
+        torch.set_num_threads(threads)
+    (out1, gt1, gs1), (out3, gt3, gs3) = results
+    assert torch.equal(out1, out3)
+    assert torch.equal(gs1, gs3)  # per-query values: no cross-thread sums
+    torch.testing.assert_close(gt1, gt3, rtol=1e-5, atol=1e-5)  # summed from per-thread tables
+
+
+def test_chunked_inference_decoder_is_bit_equal_with_and_without_the_kernel(mini_model_cfg, monkeypatch):
+    lib = require_native_kernel()
+    model, x, noise = perturbed_model_and_inputs(mini_model_cfg, monkeypatch)
+    calls = []
+    forward = native.msda_forward
+    monkeypatch.setattr(native, "msda_forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    got = model.sample_features(x, steps=3, noise=noise)
+    assert calls, "the native kernel did not run"
+    monkeypatch.setenv("DDPSEG_NATIVE", "0")
+    expected = model.sample_features(x, steps=3, noise=noise)
+    if lib.ddpseg_msda_has_fma():
+        assert torch.equal(got, expected)
+    else:
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_switched_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv("DDPSEG_NATIVE", "0")
+    assert native.msda_library() is None
+    assert not native.usable(torch.zeros(2))
+
+
+def test_no_compiler_warns_once_and_falls_back(monkeypatch):
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found"):
+        assert native.msda_library() is None
+    assert native.msda_library() is None  # decided once: no second warning, no retry
+    assert not native.usable(torch.zeros(2))
+
+
+def test_a_failing_build_names_the_source_and_keeps_nothing(monkeypatch, tmp_path):
+    if native._compiler() is None:
+        pytest.skip("no C++ compiler")
+    bad = tmp_path / "broken.cpp"
+    bad.write_text("this is not C++\n")
+    monkeypatch.setattr(native, "_SOURCE", bad)
+    monkeypatch.setenv("DDPSEG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_library", None)
+    with pytest.warns(RuntimeWarning, match="broken.cpp"):
+        assert native.msda_library() is None
+    leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert leftovers == []
+
+
+def test_builds_into_the_cache_dir_and_reuses_it(monkeypatch, tmp_path):
+    if native._compiler() is None:
+        pytest.skip("no C++ compiler")
+    monkeypatch.setenv("DDPSEG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_library", None)
+    assert native.msda_library() is not None
+    built = list(tmp_path.rglob("libddpseg_msda.so"))
+    assert len(built) == 1
+    mtime = built[0].stat().st_mtime_ns
+    assert native._build(native._compiler()) == built[0]  # same source, compiler and CPU: not rebuilt
+    assert built[0].stat().st_mtime_ns == mtime
+
+
+def test_rejects_non_contiguous_inputs_naming_them():
+    require_native_kernel()
+    samp, ref, _, head_major, (heads, points, h, w) = _problem(torch.float32)
+    with pytest.raises(ValueError, match="samp must be contiguous"):
+        native.msda_forward(samp.t().contiguous().t(), _attention(samp, heads, points), ref, head_major[0].reshape(-1, 32), heads, points, h, w)
