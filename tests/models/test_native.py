@@ -97,7 +97,7 @@ def test_backward_is_the_gradient_of_the_forward_gradcheck():
     assert torch.autograd.gradcheck(Gather.apply, (s, t), eps=1e-7, atol=1e-6)
 
 
-def test_threads_do_not_change_the_forward_and_agree_on_the_backward():
+def test_thread_count_does_not_change_any_result():
     require_native_kernel()
     samp, ref, _, head_major, (heads, points, h, w) = _problem(torch.float32, height=16, width=24)
     table = head_major[0].reshape(-1, 32)
@@ -117,9 +117,10 @@ def test_threads_do_not_change_the_forward_and_agree_on_the_backward():
     finally:
         torch.set_num_threads(threads)
     (out1, gt1, gs1), (out3, gt3, gs3) = results
+    # threads split the heads, so no sum is split between threads: equal bit for bit
     assert torch.equal(out1, out3)
-    assert torch.equal(gs1, gs3)  # per-query values: no cross-thread sums
-    torch.testing.assert_close(gt1, gt3, rtol=1e-5, atol=1e-5)  # summed from per-thread tables
+    assert torch.equal(gs1, gs3)
+    assert torch.equal(gt1, gt3)
 
 
 def test_chunked_inference_decoder_is_bit_equal_with_and_without_the_kernel(mini_model_cfg, monkeypatch):

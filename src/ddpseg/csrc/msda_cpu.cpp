@@ -62,7 +62,9 @@ struct BlockCorners {
     fy.resize(samples);
   }
 
-  void compute(const T* samp, const T* att, const T* ref, int64_t q0, int64_t q1, const Layout& L) {
+  // samples of heads [m0, m1) only
+  void compute(const T* samp, const T* att, const T* ref, int64_t q0, int64_t q1, int64_t m0, int64_t m1,
+               const Layout& L) {
     const int64_t hp = L.heads * L.points, plane = (L.height + 2) * (L.width + 2);
     const T w = static_cast<T>(L.width), h = static_cast<T>(L.height);
     // the floors are clamped to [-1, size + 1] before the integer conversion; the corner clamps below
@@ -83,7 +85,7 @@ struct BlockCorners {
       T* w11 = weight[3].data() + s0;
       T* fxs = fx.data() + s0;
       T* fys = fy.data() + s0;
-      for (int64_t k = 0; k < hp; ++k) {
+      for (int64_t k = m0 * L.points; k < m1 * L.points; ++k) {
         const T loc_x = ref_x + off[2 * k] / w;
         const T loc_y = ref_y + off[2 * k + 1] / h;
         const T grid_x = 2 * loc_x - 1;
@@ -191,13 +193,14 @@ template <typename T, int DIM>
 void forward_impl(const T* samp, const T* att, const T* ref, const T* table, const Layout& L, T* out, int threads) {
   const int64_t dim = DIM > 0 ? DIM : L.dim;
   const int64_t hp = L.heads * L.points;
-  parallel_for(L.n, threads, [&](int, int64_t q0, int64_t q1) {
+  // threads split the heads: each writes its own output columns
+  parallel_for(L.heads, threads, [&](int, int64_t m0, int64_t m1) {
     BlockCorners<T> c(kBlock * hp);
     T local[DIM > 0 ? DIM : 1];
-    for (int64_t qb = q0; qb < q1; qb += kBlock) {
-      const int64_t qe = std::min(q1, qb + kBlock);
-      c.compute(samp, att, ref, qb, qe, L);
-      for (int64_t m = 0; m < L.heads; ++m) {
+    for (int64_t qb = 0; qb < L.n; qb += kBlock) {
+      const int64_t qe = std::min(L.n, qb + kBlock);
+      c.compute(samp, att, ref, qb, qe, m0, m1, L);
+      for (int64_t m = m0; m < m1; ++m) {
         for (int64_t q = qb; q < qe; ++q) {
           T* dst = out + (q * L.heads + m) * dim;
           T* acc = DIM > 0 ? local : dst;
@@ -237,22 +240,18 @@ void forward(const T* samp, const T* att, const T* ref, const T* table, const La
 template <typename T>
 void backward(const T* samp, const T* att, const T* ref, const T* table, const T* grad, const Layout& L, int64_t rows,
               T* g_table, T* g_samp, int threads) {
-  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, L.n)));
+  (void)rows;  // g_table's row count: every row a sample reaches exists (the border absorbs the rest)
   const int64_t dim = L.dim, hp = L.heads * L.points;
-  // each extra thread scatters into its own table, summed at the end
-  std::vector<std::vector<T>> private_tables(threads - 1);
-  parallel_for(L.n, threads, [&](int t, int64_t q0, int64_t q1) {
-    T* gt = g_table;
-    if (t > 0) {
-      private_tables[t - 1].assign(static_cast<size_t>(rows * dim), T(0));
-      gt = private_tables[t - 1].data();
-    }
+  // threads split the heads: a head's samples scatter only into its own plane of g_table and write
+  // only its own entries of g_samp, so nothing is shared and the sums do not depend on the thread count
+  T* gt = g_table;
+  parallel_for(L.heads, threads, [&](int, int64_t m0, int64_t m1) {
     BlockCorners<T> c(kBlock * hp);
     std::vector<T> g_att(L.points);
-    for (int64_t qb = q0; qb < q1; qb += kBlock) {
-      const int64_t qe = std::min(q1, qb + kBlock);
-      c.compute(samp, att, ref, qb, qe, L);
-      for (int64_t m = 0; m < L.heads; ++m) {
+    for (int64_t qb = 0; qb < L.n; qb += kBlock) {
+      const int64_t qe = std::min(L.n, qb + kBlock);
+      c.compute(samp, att, ref, qb, qe, m0, m1, L);
+      for (int64_t m = m0; m < m1; ++m) {
         for (int64_t q = qb; q < qe; ++q) {
           T* g_off = g_samp + q * L.samp_stride;
           T* g_logit = g_off + 2 * hp;
@@ -301,15 +300,6 @@ void backward(const T* samp, const T* att, const T* ref, const T* table, const T
       }
     }
   });
-  if (threads > 1) {
-    const int64_t total = rows * dim;
-    parallel_for(total, threads, [&](int, int64_t a, int64_t b) {
-      for (const auto& priv : private_tables) {
-        const T* src = priv.data();
-        for (int64_t i = a; i < b; ++i) g_table[i] += src[i];
-      }
-    });
-  }
 }
 
 }  // namespace
