@@ -10,10 +10,13 @@ AdamW and FLOP counts; this one takes the step exactly as ``ddpseg train`` does.
     python benchmarks/train_step.py --devices cpu --steps 3 --warmup 1 --threads 2
     python benchmarks/train_step.py --quickstart       # `ddpseg quickstart`: final mIoU and wall time
     python benchmarks/train_step.py --devices cpu --compare   # also the plain-autograd path, same run
+    python benchmarks/train_step.py --devices cpu --compare-native   # also fused without the native CPU kernel
 
 Each row is measured in a fresh process, so its peak memory is its own. ``--compare`` adds a row with
 the fused training paths switched off (decoder layers under plain autograd, PyTorch's depthwise-conv
-backward): the same model and step, as the original computes it.
+backward): the same model and step, as the original computes it. ``--compare-native`` adds a fused row
+with the native deformable-attention kernel switched off (``DDPSEG_NATIVE=0``: corners + embedding_bag
+and two sparse products instead). The path column says which ran ("+ native" where the kernel did).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import shlex
 import sys
 import tempfile
@@ -29,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from ddpseg import native
 from ddpseg.benchmark import matmul_ceiling, peak_memory_mib, timed
 from ddpseg.config import Config
 from ddpseg.engine.distributed import revert_sync_batchnorm
@@ -53,13 +58,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--amp", choices=sorted(AMP_DTYPES), help="autocast dtype")
     p.add_argument("--compare", action="store_true", help="also measure with the fused training paths off")
+    p.add_argument("--compare-native", action="store_true", help="also measure fused without the native kernel")
     p.add_argument("--quickstart", action="store_true", help="run `ddpseg quickstart` instead and report it")
     p.add_argument("--out", help="--quickstart output folder (default: a temporary one)")
     return p.parse_args()
 
 
-def measure(config: str, device_name: str, args: argparse.Namespace, fused: bool) -> dict:
+def measure(config: str, device_name: str, args: argparse.Namespace, fused: bool, use_native: bool = True) -> dict:
     """One training step as the trainer takes it: the config's optimizer (paramwise rules), per-process BN."""
+    if not use_native:  # a fresh process per row: the switch stays in it
+        os.environ["DDPSEG_NATIVE"] = "0"
     if args.threads:
         torch.set_num_threads(args.threads)
     tune_cpu_allocator()  # as `ddpseg train` does
@@ -87,14 +95,21 @@ def measure(config: str, device_name: str, args: argparse.Namespace, fused: bool
     seconds = timed(step, device, args.steps, args.warmup)
     ceiling = matmul_ceiling(device) / 1e9  # this machine's float32 GEMM rate right now: shared hosts drift
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    return {"device": name, "path": "fused" if fused else "plain autograd", "median": seconds,
+    path = "fused" if fused else "plain autograd"
+    if fused and native.usable(img):
+        path += " + native"
+    return {"device": name, "path": path, "median": seconds,
             "memory": peak_memory_mib(device), "params": sum(p.numel() for p in model.parameters()),
             "ceiling": ceiling}
 
 
 def train_step_table(args: argparse.Namespace) -> None:
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    jobs = [(args.config, d, args, fused) for d in devices for fused in ((True, False) if args.compare else (True,))]
+    jobs = [(args.config, d, args, True, True) for d in devices]
+    if args.compare_native:
+        jobs += [(args.config, d, args, True, False) for d in devices]
+    if args.compare:
+        jobs += [(args.config, d, args, False, True) for d in devices]
     ctx = multiprocessing.get_context("spawn")
     rows = []
     for job in jobs:  # one fresh process per row: its own peak memory
@@ -103,11 +118,11 @@ def train_step_table(args: argparse.Namespace) -> None:
     print(f"\nconfig {Path(args.config).name}: batch {args.batch}, {args.size[0]}x{args.size[1]}, amp {args.amp}, "
           f"torch {torch.__version__}, {rows[0]['params'] / 1e6:.1f}M parameters; "
           f"median of {args.steps} steps after {args.warmup} warm-up")
-    print(f"| {'device':<34} | {'path':<14} | training step (s) | peak memory (MiB) | matmul GFLOP/s |")
-    print(f"|{'-' * 36}|{'-' * 16}|-------------------|-------------------|----------------|")
+    print(f"| {'device':<34} | {'path':<16} | training step (s) | peak memory (MiB) | matmul GFLOP/s |")
+    print(f"|{'-' * 36}|{'-' * 18}|-------------------|-------------------|----------------|")
     for r in rows:
         kind = "process RSS" if r["device"].startswith("cpu") else "CUDA alloc"
-        print(f"| {r['device']:<34} | {r['path']:<14} | {r['median']:17.3f} | {r['memory']:6.0f} {kind:<11}| "
+        print(f"| {r['device']:<34} | {r['path']:<16} | {r['median']:17.3f} | {r['memory']:6.0f} {kind:<11}| "
               f"{r['ceiling']:14.0f} |")
     print("matmul GFLOP/s: a 4096² float32 matmul measured in the same process right after the steps (the "
           "machine's speed at that moment)")

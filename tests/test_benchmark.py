@@ -1,9 +1,12 @@
-"""The benchmark's FLOP counting: dense matmuls by torch's formulas, sparse products by their non-zeros."""
+"""The benchmark's FLOP counting (dense matmuls by torch's formulas, sparse products by their non-zeros) and
+the `ddpseg benchmark` command."""
 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
+import pytest
 import torch
 
 from ddpseg.benchmark import count_flops
@@ -30,3 +33,20 @@ def test_sparse_products_count_their_nonzeros_not_the_dense_shape():
         warnings.simplefilter("ignore", UserWarning)
         flops = count_flops(lambda: torch.sparse.sampled_addmm(sparse, torch.randn(100, 8), torch.randn(8, 60_000), beta=0))
     assert flops == 2 * 400 * 8
+
+
+@pytest.mark.parametrize("switch", ["1", "0"])
+def test_benchmark_command_prints_its_table_and_which_gather_ran(capsys, monkeypatch, switch):
+    from ddpseg import native
+    from ddpseg.cli import main
+
+    monkeypatch.setenv("DDPSEG_NATIVE", switch)
+    config = Path(__file__).resolve().parents[1] / "configs/quickstart/ddp_convnext_mini_synthetic.py"
+    assert main(["benchmark", str(config), "--shape", "32", "64", "--steps", "1", "--repeats", "1",
+                 "--warmup", "0", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| 1 |" in out  # the 1-step row
+    expected = "native CPU kernel" if native.usable(torch.zeros(1)) else "portable PyTorch"
+    assert f"note: deformable gather: {expected}" in out
+    if switch == "0":
+        assert expected == "portable PyTorch"

@@ -8,19 +8,24 @@ Its backward also goes through ``embedding_bag``'s generic backward, which sorts
 ``decoder_layer_train`` computes the same function in row chunks (as the inference path does) and
 keeps only what the backward cannot cheaply rebuild:
 
-    table   — the bordered value map the gather reads (B, H+2, W+2, heads, D)
-    samp    — sampling offsets and attention logits (B, Q, heads·points·3)
-    r1, f   — the inputs of the two LayerNorms (B, Q, C), with their means and reciprocal stds
-    pre     — the FFN pre-activation fc1(y1) (B, Q, ffn)
+    table     — the bordered value map the gather reads (B, H+2, W+2, heads, D; head-major
+                (B, heads, H+2, W+2, D) for the native kernel)
+    samp      — sampling offsets and attention logits (B, Q, heads·points·3)
+    attention — with the native kernel: the logits' softmax (B, Q, heads, points)
+    core      — the gathered attention output, the input of output_proj (B, Q, C)
+    r1, f     — the inputs of the two LayerNorms (B, Q, C), with their means and reciprocal stds
+    pre       — the FFN pre-activation fc1(y1) (B, Q, ffn)
 
-(the layer input is the previous layer's output, saved once): ≈ 240 MB per layer instead of ≈ 600.
-Keeping ``pre`` (128 MB at 512×1024) rather than recomputing it saves one 17-GFLOP GEMM per layer.
-The backward rebuilds, per image, the bilinear corners of the whole map and gathers the attention
-output (``core``, the input of output_proj) again from them; it walks the chunks for the token-wise
-part, recomputing each LayerNorm output and GELU(pre); then it gets the value and corner-weight
-gradients from two sparse products (``_gather_backward``) and the offset/attention-logit gradients
-from the corner weights' chain rule written out (``single_level_corners_with_backward``). Gradients equal
-the module path's up to float rounding (tested in float64). Used for gradient passes of the
+(the layer input is the previous layer's output, saved once): ≈ 275 MB per layer instead of ≈ 600.
+Keeping ``pre`` (128 MB at 512×1024) rather than recomputing it saves one 17-GFLOP GEMM per layer,
+keeping ``core`` (32 MB) a second gather. The backward walks the chunks for the token-wise part,
+recomputing each LayerNorm output and GELU(pre); then, per image, the native kernel
+(:mod:`ddpseg.native`) gives the value-table and offset/attention-logit gradients in one pass. Without
+it (GPU, no compiler, ``DDPSEG_NATIVE=0``) the backward rebuilds the bilinear corners of the whole map,
+gets the value and corner-weight gradients from two sparse products (``_gather_backward``) and the
+offset/attention-logit gradients from the corner weights' chain rule written out
+(``single_level_corners_with_backward``). Gradients equal the module path's up to float rounding
+(tested in float64, with and without the kernel). Used for gradient passes of the
 published setting: one feature level, GELU FFN, no active dropout, no autocast; anything else runs
 the module path. Double backward is not supported.
 """
@@ -93,24 +98,26 @@ class _Spec:
         return [(r * self.width, min(r + rows, self.height) * self.width) for r in range(0, self.height, rows)]
 
 
-def _attention_output(spec: _Spec, samp: Tensor, ref: Tensor, flat_table: Tensor, batch_index: int) -> Tensor:
-    """The deformable gather of n queries (n, heads·head_dim), rows offset to image ``batch_index`` of
-    the batched table: the native kernel where it applies, else corners + ``embedding_bag`` (bit-equal)."""
+def _attention_output(
+    spec: _Spec, samp: Tensor, attention: Optional[Tensor], ref: Tensor, flat_table: Tensor, batch_index: int, out: Tensor
+) -> Tensor:
+    """The deformable gather of n queries into ``out`` (n, heads·head_dim), rows offset to image
+    ``batch_index`` of the batched table: the native kernel (reading ``attention``, the softmax of the
+    logits) where it applies, else corners + ``embedding_bag`` (bit-equal)."""
     h, w = spec.height, spec.width
     n = samp.shape[0]
     offset = batch_index * ((h + 2) * (w + 2) * spec.heads)
     if spec.native:
-        attention = _softmax_attention(spec, samp)
-        return native.msda_forward(samp, attention, ref, flat_table, spec.heads, spec.points, h, w, offset)
+        return native.msda_forward(samp, attention, ref, flat_table, spec.heads, spec.points, h, w, offset, out=out)
     index, weight = single_level_corners(samp, ref, spec.heads, spec.points, h, w, offset)
     core = F.embedding_bag(index, flat_table, per_sample_weights=weight.view(n * spec.heads, -1), mode="sum")
-    return core.view(n, -1)
+    return out.copy_(core.view(n, -1))
 
 
 def _softmax_attention(spec: _Spec, samp: Tensor) -> Tensor:
-    """The attention weights (n, heads, points) from the logits that follow the offsets in ``samp``."""
+    """The attention weights (..., heads, points) from the logits that follow the offsets in ``samp`` (..., 3·heads·points)."""
     hp = spec.heads * spec.points
-    return samp[:, 2 * hp :].reshape(samp.shape[0], spec.heads, spec.points).softmax(-1)
+    return samp[..., 2 * hp :].reshape(*samp.shape[:-1], spec.heads, spec.points).softmax(-1)
 
 
 class _FusedLayer(torch.autograd.Function):
@@ -132,6 +139,9 @@ class _FusedLayer(torch.autograd.Function):
         query = x + pos
         samp = F.linear(query, torch.cat([woff, watt]), torch.cat([boff, batt]))  # as the inference path does
         del query
+        # the attention weights (softmax of the logits), for the native gather and its backward
+        attention = _softmax_attention(spec, samp) if spec.native else samp.new_empty(0)
+        core_all = torch.empty_like(x)  # the gathered attention output, the input of output_proj
         r1, f, out = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
         pre = x.new_empty(batch, tokens, w1.shape[0])
         stats = x.new_empty(4, batch, tokens)  # mean1, rstd1, mean2, rstd2
@@ -139,7 +149,8 @@ class _FusedLayer(torch.autograd.Function):
         for b in range(batch):
             sb = min(b, scale.shape[0] - 1)
             for t0, t1 in spec.chunks():
-                core = _attention_output(spec, samp[b, t0:t1], ref[t0:t1], flat_table, b)
+                att = attention[b, t0:t1] if spec.native else None
+                core = _attention_output(spec, samp[b, t0:t1], att, ref[t0:t1], flat_table, b, core_all[b, t0:t1])
                 r = torch.add(x[b, t0:t1], F.linear(core, wo, bo), out=r1[b, t0:t1])
                 y, stats[0, b, t0:t1], stats[1, b, t0:t1] = _layer_norm(r, g1, b1, spec.eps1)
                 hidden = F.gelu(torch.addmm(bf1, y, w1.t(), out=pre[b, t0:t1]))
@@ -147,14 +158,14 @@ class _FusedLayer(torch.autograd.Function):
                 y, stats[2, b, t0:t1], stats[3, b, t0:t1] = _layer_norm(r, g2, b2, spec.eps2)
                 torch.addcmul(shift[sb, 0], y, scale1[sb, 0], out=out[b, t0:t1])
         ctx.spec = spec
-        ctx.save_for_backward(x, pos, ref, scale1, table, samp, r1, pre, f, stats, *params)
+        ctx.save_for_backward(x, pos, ref, scale1, table, samp, attention, core_all, r1, pre, f, stats, *params)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
         spec: _Spec = ctx.spec
-        x, pos, ref, scale1, table, samp, r1, pre_all, f, stats, *params = ctx.saved_tensors
+        x, pos, ref, scale1, table, samp, attention_all, core_all, r1, pre_all, f, stats, *params = ctx.saved_tensors
         (wv, bv, woff, boff, watt, batt, wo, bo, g1, b1, w1, bf1, w2, bf2, g2, b2) = params
         grad_out = grad_out.contiguous()
         batch, tokens, channels = x.shape
@@ -171,16 +182,11 @@ class _FusedLayer(torch.autograd.Function):
         for b in range(batch):
             sb = min(b, scale1.shape[0] - 1)
             flat_table = table[b].view(-1, head_dim)
-            # core (input of output_proj) is gathered again
-            if use_native:
-                attention = _softmax_attention(spec, samp[b])
-                core = native.msda_forward(samp[b], attention, ref, flat_table, heads, spec.points, h, w)
-            else:
+            core = core_all[b]  # the input of output_proj
+            if not use_native:
                 index, weight, corners_backward = single_level_corners_with_backward(
                     samp[b], ref, spec.heads, spec.points, h, w
                 )
-                core = F.embedding_bag(index, flat_table, per_sample_weights=weight.view(tokens * heads, -1), mode="sum")
-                core = core.view(tokens, channels)
             for t0, t1 in spec.chunks():
                 g = grad_out[b, t0:t1]
                 # FiLM: out = y2·(scale + 1) + shift
@@ -208,7 +214,7 @@ class _FusedLayer(torch.autograd.Function):
             # core = Σ_k weight_k · table[index_k] per token and head
             if use_native:
                 g_rows, g_samp[b] = native.msda_backward(
-                    samp[b], attention, ref, flat_table, g_core, heads, spec.points, h, w
+                    samp[b], attention_all[b], ref, flat_table, g_core, heads, spec.points, h, w
                 )
             else:
                 g_weight, g_rows = _gather_backward(flat_table, index, weight, g_core)
