@@ -154,6 +154,26 @@ def _check(name: str, t: Tensor) -> None:
         raise ValueError(f"msda native kernel: {name} must be contiguous, got strides {t.stride()}")
 
 
+def _check_shapes(samp: Tensor, attention: Tensor, ref: Tensor, table: Tensor, heads: int, points: int, height: int,
+                  width: int, table_offset: int) -> None:
+    """The kernel reads raw memory: every size it relies on is checked here, naming what was expected."""
+    n = samp.shape[0]
+    if samp.dim() != 2 or samp.shape[1] < heads * points * 3:
+        raise ValueError(f"msda native kernel: samp must be (n, ≥ heads·points·3 = {heads * points * 3}), got {tuple(samp.shape)}")
+    if tuple(attention.shape) != (n, heads, points):
+        raise ValueError(f"msda native kernel: attention must be (n, heads, points) = {(n, heads, points)}, got {tuple(attention.shape)}")
+    if tuple(ref.shape) != (n, 2):
+        raise ValueError(f"msda native kernel: ref must be (n, 2) = {(n, 2)}, got {tuple(ref.shape)}")
+    needed = table_offset + heads * (height + 2) * (width + 2)
+    if table.dim() != 2 or table_offset < 0 or table.shape[0] < needed:
+        raise ValueError(f"msda native kernel: table must be (rows ≥ offset + heads·(H+2)·(W+2) = {needed}, dim), "
+                         f"got {tuple(table.shape)} with offset {table_offset}")
+    for name, t in (("samp", samp), ("attention", attention), ("ref", ref), ("table", table)):
+        _check(name, t)
+        if t.dtype != samp.dtype or t.device.type != "cpu":
+            raise ValueError(f"msda native kernel: {name} must be a CPU {samp.dtype} tensor, got {t.device} {t.dtype}")
+
+
 def msda_forward(
     samp: Tensor, attention: Tensor, ref: Tensor, table: Tensor, heads: int, points: int, height: int, width: int,
     table_offset: int = 0, out: Optional[Tensor] = None,
@@ -166,11 +186,12 @@ def msda_forward(
     lib = msda_library()
     n = samp.shape[0]
     dim = table.shape[1]
-    for name, t in (("samp", samp), ("attention", attention), ("ref", ref), ("table", table)):
-        _check(name, t)
+    _check_shapes(samp, attention, ref, table, heads, points, height, width, table_offset)
     if out is None:
         out = samp.new_empty(n, heads * dim)
     _check("out", out)
+    if tuple(out.shape) != (n, heads * dim) or out.dtype != samp.dtype:
+        raise ValueError(f"msda native kernel: out must be {samp.dtype} (n, heads·dim) = {(n, heads * dim)}, got {out.dtype} {tuple(out.shape)}")
     getattr(lib, f"ddpseg_msda_forward_{_suffix(samp)}")(
         samp.data_ptr(), attention.data_ptr(), ref.data_ptr(), table.data_ptr(), n, samp.shape[1], heads, points,
         height, width, dim, table_offset, out.data_ptr(), torch.get_num_threads(),
@@ -186,10 +207,12 @@ def msda_backward(
     lib = msda_library()
     n = samp.shape[0]
     rows, dim = table.shape
-    for name, t in (("samp", samp), ("attention", attention), ("ref", ref), ("table", table), ("grad", grad)):
-        _check(name, t)
+    _check_shapes(samp, attention, ref, table, heads, points, height, width, 0)
     if samp.shape[1] != heads * points * 3:
         raise ValueError(f"msda native kernel: samp must have heads·points·3 = {heads * points * 3} columns, got {samp.shape[1]}")
+    _check("grad", grad)
+    if tuple(grad.shape) != (n, heads * dim) or grad.dtype != samp.dtype:
+        raise ValueError(f"msda native kernel: grad must be {samp.dtype} (n, heads·dim) = {(n, heads * dim)}, got {grad.dtype} {tuple(grad.shape)}")
     g_table = torch.zeros_like(table)
     g_samp = torch.empty_like(samp)
     getattr(lib, f"ddpseg_msda_backward_{_suffix(samp)}")(

@@ -189,3 +189,22 @@ def test_rejects_non_contiguous_inputs_naming_them():
     samp, ref, _, head_major, (heads, points, h, w) = _problem(torch.float32)
     with pytest.raises(ValueError, match="samp must be contiguous"):
         native.msda_forward(samp.t().contiguous().t(), _attention(samp, heads, points), ref, head_major[0].reshape(-1, 32), heads, points, h, w)
+
+
+def test_rejects_sizes_the_kernel_would_read_past_naming_them():
+    require_native_kernel()
+    samp, ref, _, head_major, (heads, points, h, w) = _problem(torch.float32)
+    table = head_major[0].reshape(-1, 32)
+    attention = _attention(samp, heads, points)
+    with pytest.raises(ValueError, match="table must be .*rows ≥ offset"):
+        native.msda_forward(samp, attention, ref, table, heads, points, h, w, table_offset=table.shape[0])
+    with pytest.raises(ValueError, match="table must be"):
+        native.msda_forward(samp, attention, ref, table, heads, points, h + 1, w)
+    with pytest.raises(ValueError, match="attention must be"):
+        native.msda_forward(samp, attention[:, :-1], ref, table, heads, points, h, w)
+    with pytest.raises(ValueError, match="ref must be"):
+        native.msda_forward(samp, attention, ref[1:], table, heads, points, h, w)
+    with pytest.raises(ValueError, match="grad must be"):
+        native.msda_backward(samp, attention, ref, table, torch.zeros(3, 3), heads, points, h, w)
+    with pytest.raises(ValueError, match="must be a CPU torch.float32"):
+        native.msda_forward(samp, attention.double(), ref, table, heads, points, h, w)
