@@ -9,7 +9,8 @@ row chunks does, per token, everything that is token-wise:
 
 Only the deformable gather needs all of a layer's values, so values live in two bordered tables
 (read layer l, write layer l+1). The gather is the native kernel (:mod:`ddpseg.native`, bit-equal)
-where it is available, else corners + ``embedding_bag``. The arithmetic per token is the module path's, in the same order;
+where it is available, else corners + ``embedding_bag``. The arithmetic per token is the module
+path's, in the same order;
 results agree to float rounding (tested). Single feature level, no dropout: the DDP inference setting.
 """
 
