@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["msda_library", "native_enabled", "msda_forward", "msda_backward", "cache_dir"]
+__all__ = ["msda_library", "native_enabled", "usable", "msda_forward", "msda_backward", "cache_dir"]
 
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "msda_cpu.cpp"
 _FLAGS = ["-O3", "-std=c++17", "-ffp-contract=off", "-fPIC", "-shared", "-pthread"]
