@@ -1,6 +1,5 @@
 import os
 import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -63,19 +62,14 @@ def test_seeding_is_mmsegs_default_and_rng_state_round_trips_through_a_weights_o
     assert random.random() == expected[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_gloo_training_with_resume_matches_one_process_with_the_global_batch(tmp_path):
     worker = Path(__file__).with_name("dist_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(worker), str(tmp_path / "dist")]
+    # --standalone: the launcher binds a free port itself (no window in which another process can take it)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+               str(tmp_path / "dist")]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
 
