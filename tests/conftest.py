@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import runpy
 from pathlib import Path
 
@@ -12,6 +13,11 @@ FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# Without CUDA, Triton's interpreter runs the GPU kernels (ddpseg.triton_msda) on CPU tensors, so their
+# tests check them here too; it must be set before ddpseg imports triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .kernels import check_contiguous, check_gather_args
+
 __all__ = ["msda_library", "native_enabled", "usable", "msda_forward", "msda_backward", "cache_dir"]
 
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "msda_cpu.cpp"
@@ -149,31 +151,6 @@ def _suffix(t: Tensor) -> str:
     return "f32" if t.dtype == torch.float32 else "f64"
 
 
-def _check(name: str, t: Tensor) -> None:
-    if not t.is_contiguous():
-        raise ValueError(f"msda native kernel: {name} must be contiguous, got strides {t.stride()}")
-
-
-def _check_shapes(samp: Tensor, attention: Tensor, ref: Tensor, table: Tensor, heads: int, points: int, height: int,
-                  width: int, table_offset: int) -> None:
-    """The kernel reads raw memory: every size it relies on is checked here, naming what was expected."""
-    n = samp.shape[0]
-    if samp.dim() != 2 or samp.shape[1] < heads * points * 3:
-        raise ValueError(f"msda native kernel: samp must be (n, ≥ heads·points·3 = {heads * points * 3}), got {tuple(samp.shape)}")
-    if tuple(attention.shape) != (n, heads, points):
-        raise ValueError(f"msda native kernel: attention must be (n, heads, points) = {(n, heads, points)}, got {tuple(attention.shape)}")
-    if tuple(ref.shape) != (n, 2):
-        raise ValueError(f"msda native kernel: ref must be (n, 2) = {(n, 2)}, got {tuple(ref.shape)}")
-    needed = table_offset + heads * (height + 2) * (width + 2)
-    if table.dim() != 2 or table_offset < 0 or table.shape[0] < needed:
-        raise ValueError(f"msda native kernel: table must be (rows ≥ offset + heads·(H+2)·(W+2) = {needed}, dim), "
-                         f"got {tuple(table.shape)} with offset {table_offset}")
-    for name, t in (("samp", samp), ("attention", attention), ("ref", ref), ("table", table)):
-        _check(name, t)
-        if t.dtype != samp.dtype or t.device.type != "cpu":
-            raise ValueError(f"msda native kernel: {name} must be a CPU {samp.dtype} tensor, got {t.device} {t.dtype}")
-
-
 def msda_forward(
     samp: Tensor, attention: Tensor, ref: Tensor, table: Tensor, heads: int, points: int, height: int, width: int,
     table_offset: int = 0, out: Optional[Tensor] = None,
@@ -186,10 +163,10 @@ def msda_forward(
     lib = msda_library()
     n = samp.shape[0]
     dim = table.shape[1]
-    _check_shapes(samp, attention, ref, table, heads, points, height, width, table_offset)
+    check_gather_args("native", samp, attention, ref, table, heads, points, height, width, table_offset, "cpu")
     if out is None:
         out = samp.new_empty(n, heads * dim)
-    _check("out", out)
+    check_contiguous("native", "out", out)
     if tuple(out.shape) != (n, heads * dim) or out.dtype != samp.dtype:
         raise ValueError(f"msda native kernel: out must be {samp.dtype} (n, heads·dim) = {(n, heads * dim)}, got {out.dtype} {tuple(out.shape)}")
     getattr(lib, f"ddpseg_msda_forward_{_suffix(samp)}")(
@@ -207,10 +184,10 @@ def msda_backward(
     lib = msda_library()
     n = samp.shape[0]
     rows, dim = table.shape
-    _check_shapes(samp, attention, ref, table, heads, points, height, width, 0)
+    check_gather_args("native", samp, attention, ref, table, heads, points, height, width, 0, "cpu")
     if samp.shape[1] != heads * points * 3:
         raise ValueError(f"msda native kernel: samp must have heads·points·3 = {heads * points * 3} columns, got {samp.shape[1]}")
-    _check("grad", grad)
+    check_contiguous("native", "grad", grad)
     if tuple(grad.shape) != (n, heads * dim) or grad.dtype != samp.dtype:
         raise ValueError(f"msda native kernel: grad must be {samp.dtype} (n, heads·dim) = {(n, heads * dim)}, got {grad.dtype} {tuple(grad.shape)}")
     g_table = torch.zeros_like(table)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from ddpseg import kernels, triton_msda
 from ddpseg.models import fast_decoder
 from ddpseg.models.build import build_model
 
+from ..triton_kernel import triton_device
 from .decoder_inputs import perturbed_model_and_inputs
 
 
@@ -16,6 +18,23 @@ def test_chunked_decoder_matches_the_module_path_for_batches_and_odd_sizes(mini_
     for chunked in (False, True):
         model.chunked_decoder = chunked
         outs.append(model.sample_features(x, steps=3, noise=noise))
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-5)
+
+
+def test_chunked_decoder_with_the_triton_kernel_matches_the_module_path(mini_model_cfg, monkeypatch):
+    device = triton_device()
+    model, x, noise = perturbed_model_and_inputs(mini_model_cfg, monkeypatch)
+    model, x, noise = model.to(device), x.to(device), noise.to(device)
+    monkeypatch.setattr(kernels, "gather_kernel", lambda *tensors: triton_msda)  # also on the interpreter's CPU
+    monkeypatch.setattr(fast_decoder, "TARGET_TOKENS_PER_CHUNK", 120)  # 2 chunks: fewer interpreted launches
+    calls = []
+    forward = triton_msda.msda_forward
+    monkeypatch.setattr(triton_msda, "msda_forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    outs = []
+    for chunked in (False, True):
+        model.chunked_decoder = chunked
+        outs.append(model.sample_features(x, steps=2, noise=noise))
+    assert calls, "the Triton kernel did not run"
     torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-5)
 
 

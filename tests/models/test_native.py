@@ -11,26 +11,9 @@ from ddpseg.models.ms_deform_attn import single_level_corners, single_level_corn
 from ddpseg.models.train_decoder import _gather_backward
 
 from ..native_kernel import require_native_kernel
+from .decoder_inputs import gather_problem as _problem
 from .decoder_inputs import perturbed_model_and_inputs
-
-
-def _problem(dtype, height=9, width=13, heads=4, points=3, dim=32, batch=2, seed=0):
-    """Raw projections whose offsets reach far past the borders, a batched pixel-major table and its
-    head-major copy (what the kernel reads)."""
-    gen = torch.Generator().manual_seed(seed)
-    n = height * width
-    samp = torch.randn(n, heads * points * 3, generator=gen, dtype=dtype) * 4
-    samp[: n // 5, : heads * points * 2] *= 25  # some samples land outside the map entirely
-    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    ref = torch.stack(((xs.reshape(-1) + 0.5) / width, (ys.reshape(-1) + 0.5) / height), -1).to(dtype)
-    table = torch.zeros(batch, height + 2, width + 2, heads, dim, dtype=dtype)
-    table[:, 1:-1, 1:-1] = torch.randn(batch, height, width, heads, dim, generator=gen, dtype=dtype)
-    head_major = table.permute(0, 3, 1, 2, 4).contiguous()
-    return samp, ref, table, head_major, (heads, points, height, width)
-
-
-def _attention(samp, heads, points):
-    return samp[:, heads * points * 2 :].reshape(samp.shape[0], heads, points).softmax(-1)
+from .decoder_inputs import softmax_attention as _attention
 
 
 @pytest.mark.parametrize("dim", [32, 8, 5])

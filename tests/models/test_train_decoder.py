@@ -6,11 +6,12 @@ import pytest
 import torch
 
 import ddpseg.models.train_decoder as train_decoder
-from ddpseg import native
+from ddpseg import kernels, native, triton_msda
 from ddpseg.models.heads import DeformableHeadWithTime
 from ddpseg.models.train_decoder import can_fuse_layer
 
 from ..native_kernel import require_native_kernel
+from ..triton_kernel import triton_device
 
 
 def _head(dtype: torch.dtype, **kwargs) -> DeformableHeadWithTime:
@@ -67,6 +68,29 @@ def test_gradients_equal_module_path_float64(monkeypatch, time_batch, gather):
     for name in ref[3]:
         torch.testing.assert_close(got[3][name], ref[3][name], rtol=1e-10, atol=1e-10, msg=name)
     assert len(calls) == 2 * 2  # the chosen gather backward ran: 2 layers × 2 images
+
+
+def test_gradients_with_the_triton_kernel_match_module_path_float32(monkeypatch):
+    device = triton_device()
+    monkeypatch.setattr(train_decoder, "TOKENS_PER_CHUNK", 40)
+    monkeypatch.setattr(kernels, "gather_kernel", lambda *tensors: triton_msda)  # also on the interpreter's CPU
+    calls = []
+    backward = triton_msda.msda_backward
+    monkeypatch.setattr(triton_msda, "msda_backward", lambda *a, **k: calls.append(1) or backward(*a, **k))
+    head = _head(torch.float32).to(device)
+    height, width = 7, 19
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, height * width, 32, generator=gen).to(device).requires_grad_()
+    time_emb = torch.randn(2, 16, generator=gen).to(device).requires_grad_()
+    ref = _run(head, x, time_emb, height, width, fused=False)
+    got = _run(head, x, time_emb, height, width, fused=True)
+    assert len(calls) == 2 * 2  # the Triton backward ran: 2 layers × 2 images
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got[2], ref[2], rtol=1e-4, atol=1e-4)
+    assert set(got[3]) == set(ref[3])
+    for name in ref[3]:
+        torch.testing.assert_close(got[3][name], ref[3][name], rtol=1e-4, atol=1e-4, msg=name)
 
 
 def test_float32_forward_matches_module_path():

@@ -68,7 +68,7 @@ def _train_worker(args, queue) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import native
+    from .. import kernels
     from ..benchmark import BenchmarkReport, format_report, matmul_ceiling, measure_inference
 
     torch, device, model, dtype = _setup(args)
@@ -82,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
     report.notes.append(f"encoder: channels_last={args.channels_last}, compile={args.compile}")
     report.notes.append(f"decoder: {'module path' if args.module_decoder else 'chunked inference path'}; "
                         f"latency = median of {args.repeats} after {args.warmup} warm-up")
-    gather = "native CPU kernel" if native.usable(torch.zeros(1, device=device)) else "portable PyTorch (corners + embedding_bag)"
-    report.notes.append(f"deformable gather: {gather} (DDPSEG_NATIVE=0 switches the kernel off)")
+    gather = kernels.describe(kernels.gather_kernel(torch.zeros(1, device=device)))
+    report.notes.append(f"deformable gather: {gather} (DDPSEG_NATIVE=0 / DDPSEG_TRITON=0 switch the kernels off)")
     del model
     if args.train:
         ctx = mp.get_context("spawn")

@@ -8,10 +8,10 @@ row chunks does, per token, everything that is token-wise:
                     → value_proj / offsets / attention logits of layer l+1   (or the classifier)
 
 Only the deformable gather needs all of a layer's values, so values live in two bordered tables
-(read layer l, write layer l+1). The gather is the native kernel (:mod:`ddpseg.native`, bit-equal)
-where it is available, else corners + ``embedding_bag``. The arithmetic per token is the module
-path's, in the same order;
-results agree to float rounding (tested). Single feature level, no dropout: the DDP inference setting.
+(read layer l, write layer l+1). The gather is a fused kernel where one applies (:mod:`ddpseg.kernels`:
+the native CPU kernel, bit-equal, or the Triton kernel on CUDA), else corners + ``embedding_bag``. The
+arithmetic per token is the module path's, in the same order; results agree to float rounding (tested).
+Single feature level, no dropout: the DDP inference setting.
 """
 
 from __future__ import annotations
@@ -22,14 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import native
+from .. import kernels
 from .heads import DeformableHeadWithTime
 from .ms_deform_attn import single_level_corners
 
 __all__ = ["decode_tokens_chunked", "can_decode_chunked"]
 
-# rows of the feature map per chunk: ~1–2k tokens keep a chunk's FFN hidden (tokens × 4C) in cache
+# rows of the feature map per chunk: on a CPU, ~1–2k tokens keep a chunk's FFN hidden (tokens × 4C) in
+# cache; a GPU wants wide kernels, the chunks only bound the temporaries there
 TARGET_TOKENS_PER_CHUNK = 2048
+TARGET_TOKENS_PER_CHUNK_GPU = 1 << 16
 
 
 def can_decode_chunked(head: DeformableHeadWithTime) -> bool:
@@ -59,12 +61,16 @@ def _decode_one(
     ctx = head.context(height, width, x.device)
     pos = ctx.pos[0].to(x.dtype)  # (Q, C)
     ref = ctx.ref_points[0, :, 0].to(x.dtype)  # (Q, 2)
-    rows_per_chunk = max(1, TARGET_TOKENS_PER_CHUNK // width)
+    target = TARGET_TOKENS_PER_CHUNK if x.device.type == "cpu" else TARGET_TOKENS_PER_CHUNK_GPU
+    rows_per_chunk = max(1, target // width)
     chunks = [(r, min(r + rows_per_chunk, height)) for r in range(0, height, rows_per_chunk)]
 
-    use_native = native.usable(x)
-    # the native kernel reads head-major tables (heads, H + 2, W + 2, D); embedding_bag pixel-major ones
-    table_shape = (heads, height + 2, width + 2, head_dim) if use_native else (height + 2, width + 2, heads, head_dim)
+    kernel = kernels.gather_kernel(x)
+    # the kernels read head-major tables (heads, H + 2, W + 2, D); embedding_bag pixel-major ones
+    if kernel is not None:
+        table_shape = (heads, height + 2, width + 2, head_dim)
+    else:
+        table_shape = (height + 2, width + 2, heads, head_dim)
     tables = [x.new_zeros(table_shape) for _ in range(2)]
     sampling = x.new_empty(height * width, heads * points * 3)  # offsets (2 per point) + attention logits
     weights = [_stage_a_weights(layer) for layer in layers]
@@ -76,7 +82,7 @@ def _decode_one(
         attn = layers[layer_index].attn
         table = tables[layer_index % 2]
         value = F.linear(x_c, attn.value_proj.weight, attn.value_proj.bias).view(r1 - r0, width, heads, head_dim)
-        if use_native:
+        if kernel is not None:
             table[:, r0 + 1 : r1 + 1, 1 : width + 1] = value.permute(2, 0, 1, 3)
         else:
             table[r0 + 1 : r1 + 1, 1 : width + 1] = value
@@ -95,9 +101,9 @@ def _decode_one(
             t0, t1 = r0 * width, r1 * width
             n = t1 - t0
             samp = sampling[t0:t1]
-            if use_native:
+            if kernel is not None:
                 attention = samp[:, heads * points * 2 :].reshape(n, heads, points).softmax(-1)
-                core = native.msda_forward(samp, attention, ref[t0:t1], table, heads, points, height, width)
+                core = kernel.msda_forward(samp, attention, ref[t0:t1], table, heads, points, height, width)
             else:
                 index, weight = single_level_corners(samp, ref[t0:t1], heads, points, height, width)
                 core = F.embedding_bag(index, table, per_sample_weights=weight.view(n * heads, points * 4), mode="sum")

@@ -9,9 +9,9 @@ Its backward also goes through ``embedding_bag``'s generic backward, which sorts
 keeps only what the backward cannot cheaply rebuild:
 
     table     — the bordered value map the gather reads (B, H+2, W+2, heads, D; head-major
-                (B, heads, H+2, W+2, D) for the native kernel)
+                (B, heads, H+2, W+2, D) for the kernels)
     samp      — sampling offsets and attention logits (B, Q, heads·points·3)
-    attention — with the native kernel: the logits' softmax (B, Q, heads, points)
+    attention — with a kernel: the logits' softmax (B, Q, heads, points)
     core      — the gathered attention output, the input of output_proj (B, Q, C)
     r1, f     — the inputs of the two LayerNorms (B, Q, C), with their means and reciprocal stds
     pre       — the FFN pre-activation fc1(y1) (B, Q, ffn)
@@ -19,9 +19,10 @@ keeps only what the backward cannot cheaply rebuild:
 (the layer input is the previous layer's output, saved once): ≈ 275 MB per layer instead of ≈ 600.
 Keeping ``pre`` (128 MB at 512×1024) rather than recomputing it saves one 17-GFLOP GEMM per layer,
 keeping ``core`` (32 MB) a second gather. The backward walks the chunks for the token-wise part,
-recomputing each LayerNorm output and GELU(pre); then, per image, the native kernel
-(:mod:`ddpseg.native`) gives the value-table and offset/attention-logit gradients in one pass. Without
-it (GPU, no compiler, ``DDPSEG_NATIVE=0``) the backward rebuilds the bilinear corners of the whole map,
+recomputing each LayerNorm output and GELU(pre); then, per image, a fused kernel (:mod:`ddpseg.kernels`:
+the native CPU kernel, or the Triton kernel on CUDA) gives the value-table and offset/attention-logit
+gradients in one pass. Without one (no compiler or Triton, ``DDPSEG_NATIVE=0`` / ``DDPSEG_TRITON=0``, or
+float64 on CUDA) the backward rebuilds the bilinear corners of the whole map,
 gets the value and corner-weight gradients from two sparse products (``_gather_backward``) and the
 offset/attention-logit gradients from the corner weights' chain rule written out
 (``single_level_corners_with_backward``). Gradients equal the module path's up to float rounding
@@ -40,13 +41,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .. import native
+from .. import kernels
 from .ms_deform_attn import single_level_corners, single_level_corners_with_backward
 
 __all__ = ["can_fuse_layer", "decoder_layer_train"]
 
-# tokens per chunk: keeps a chunk's FFN hidden and its gathered corner rows a few MB
+# tokens per chunk: on a CPU, keeps a chunk's FFN hidden and its gathered corner rows a few MB; on a GPU,
+# chunks only bound the temporaries, and large ones keep the kernels wide
 TOKENS_PER_CHUNK = 2048
+TOKENS_PER_CHUNK_GPU = 1 << 16
 
 
 def can_fuse_layer(layer: nn.Module, x: Tensor) -> bool:
@@ -81,7 +84,9 @@ def decoder_layer_train(
         layer.norm2.weight, layer.norm2.bias,
     )  # fmt: skip
     spec = _Spec(shape[0], shape[1], attn.num_heads, attn.num_points, layer.norm1.eps, layer.norm2.eps)
-    spec.native = native.usable(x)
+    spec.kernel = kernels.gather_kernel(x)
+    if x.device.type != "cpu":
+        spec.tokens_per_chunk = TOKENS_PER_CHUNK_GPU
     return _FusedLayer.apply(spec, x.contiguous(), pos[0].to(x.dtype), ref[0, :, 0].to(x.dtype), scale, shift, *params)
 
 
@@ -91,10 +96,11 @@ class _Spec:
     def __init__(self, height: int, width: int, heads: int, points: int, eps1: float, eps2: float) -> None:
         self.height, self.width, self.heads, self.points = height, width, heads, points
         self.eps1, self.eps2 = eps1, eps2
-        self.native = False  # the native kernel gathers; its value table is head-major
+        self.kernel = None  # a fused gather kernel (kernels.gather_kernel); its value table is head-major
+        self.tokens_per_chunk = TOKENS_PER_CHUNK
 
     def chunks(self) -> List[Tuple[int, int]]:
-        rows = max(1, TOKENS_PER_CHUNK // self.width)
+        rows = max(1, self.tokens_per_chunk // self.width)
         return [(r * self.width, min(r + rows, self.height) * self.width) for r in range(0, self.height, rows)]
 
 
@@ -102,13 +108,13 @@ def _attention_output(
     spec: _Spec, samp: Tensor, attention: Optional[Tensor], ref: Tensor, flat_table: Tensor, batch_index: int, out: Tensor
 ) -> Tensor:
     """The deformable gather of n queries into ``out`` (n, heads·head_dim), rows offset to image
-    ``batch_index`` of the batched table: the native kernel (reading ``attention``, the softmax of the
-    logits) where it applies, else corners + ``embedding_bag`` (bit-equal)."""
+    ``batch_index`` of the batched table: the fused kernel (reading ``attention``, the softmax of the
+    logits) where there is one, else corners + ``embedding_bag`` (the native kernel is bit-equal to it)."""
     h, w = spec.height, spec.width
     n = samp.shape[0]
     offset = batch_index * ((h + 2) * (w + 2) * spec.heads)
-    if spec.native:
-        return native.msda_forward(samp, attention, ref, flat_table, spec.heads, spec.points, h, w, offset, out=out)
+    if spec.kernel is not None:
+        return spec.kernel.msda_forward(samp, attention, ref, flat_table, spec.heads, spec.points, h, w, offset, out=out)
     index, weight = single_level_corners(samp, ref, spec.heads, spec.points, h, w, offset)
     core = F.embedding_bag(index, flat_table, per_sample_weights=weight.view(n * spec.heads, -1), mode="sum")
     return out.copy_(core.view(n, -1))
@@ -128,7 +134,7 @@ class _FusedLayer(torch.autograd.Function):
         h, w, heads = spec.height, spec.width, spec.heads
         head_dim = channels // heads
         value = F.linear(x, wv, bv).view(batch, h, w, heads, head_dim)
-        if spec.native:
+        if spec.kernel is not None:
             table = x.new_zeros(batch, heads, h + 2, w + 2, head_dim)
             table[:, :, 1 : h + 1, 1 : w + 1] = value.permute(0, 3, 1, 2, 4)
         else:
@@ -139,8 +145,8 @@ class _FusedLayer(torch.autograd.Function):
         query = x + pos
         samp = F.linear(query, torch.cat([woff, watt]), torch.cat([boff, batt]))  # as the inference path does
         del query
-        # the attention weights (softmax of the logits), for the native gather and its backward
-        attention = _softmax_attention(spec, samp) if spec.native else samp.new_empty(0)
+        # the attention weights (softmax of the logits), for the kernel's gather and its backward
+        attention = _softmax_attention(spec, samp) if spec.kernel is not None else samp.new_empty(0)
         core_all = torch.empty_like(x)  # the gathered attention output, the input of output_proj
         r1, f, out = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
         pre = x.new_empty(batch, tokens, w1.shape[0])
@@ -149,7 +155,7 @@ class _FusedLayer(torch.autograd.Function):
         for b in range(batch):
             sb = min(b, scale.shape[0] - 1)
             for t0, t1 in spec.chunks():
-                att = attention[b, t0:t1] if spec.native else None
+                att = attention[b, t0:t1] if spec.kernel is not None else None
                 core = _attention_output(spec, samp[b, t0:t1], att, ref[t0:t1], flat_table, b, core_all[b, t0:t1])
                 r = torch.add(x[b, t0:t1], F.linear(core, wo, bo), out=r1[b, t0:t1])
                 y, stats[0, b, t0:t1], stats[1, b, t0:t1] = _layer_norm(r, g1, b1, spec.eps1)
@@ -178,12 +184,12 @@ class _FusedLayer(torch.autograd.Function):
         g_samp = torch.empty_like(samp)
         g_value = torch.empty_like(x)  # gradient of value_proj(x): the interior of the table's gradient
         g_core = x.new_empty(tokens, channels)
-        use_native = spec.native
+        kernel = spec.kernel
         for b in range(batch):
             sb = min(b, scale1.shape[0] - 1)
             flat_table = table[b].view(-1, head_dim)
             core = core_all[b]  # the input of output_proj
-            if not use_native:
+            if kernel is None:
                 index, weight, corners_backward = single_level_corners_with_backward(
                     samp[b], ref, spec.heads, spec.points, h, w
                 )
@@ -212,14 +218,14 @@ class _FusedLayer(torch.autograd.Function):
                 torch.mm(g_r1, wo, out=g_core[t0:t1])
             del core
             # core = Σ_k weight_k · table[index_k] per token and head
-            if use_native:
-                g_rows, g_samp[b] = native.msda_backward(
+            if kernel is not None:
+                g_rows, g_samp[b] = kernel.msda_backward(
                     samp[b], attention_all[b], ref, flat_table, g_core, heads, spec.points, h, w
                 )
             else:
                 g_weight, g_rows = _gather_backward(flat_table, index, weight, g_core)
                 g_samp[b] = corners_backward(g_weight)
-            if use_native:  # head-major rows
+            if kernel is not None:  # head-major rows
                 interior = g_rows.view(heads, h + 2, w + 2, head_dim)[:, 1 : h + 1, 1 : w + 1].permute(1, 2, 0, 3)
             else:
                 interior = g_rows.view(h + 2, w + 2, heads, head_dim)[1 : h + 1, 1 : w + 1]

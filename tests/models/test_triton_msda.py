@@ -1,0 +1,145 @@
+"""The Triton kernels of the deformable gather (ddpseg.triton_msda) against the portable PyTorch path.
+
+Without a GPU they run in Triton's interpreter on CPU tensors (see tests/triton_kernel.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ddpseg import kernels, native, triton_msda
+from ddpseg.models.ms_deform_attn import single_level_corners, single_level_corners_with_backward
+from ddpseg.models.train_decoder import _gather_backward
+
+from ..triton_kernel import interpreter_fuses_fma, triton_device
+from .decoder_inputs import gather_problem, softmax_attention
+
+
+def _on(device, *tensors):
+    return [t.to(device) for t in tensors]
+
+
+@pytest.fixture(autouse=True)
+def _several_programs(monkeypatch):
+    """Blocks of 32 queries as on a GPU, so the interpreter also runs several programs, the last one partial."""
+    monkeypatch.setattr(triton_msda, "BLOCK_QUERIES_INTERPRETED", 32)
+
+
+@pytest.mark.parametrize("dim,points", [(32, 3), (8, 4), (5, 1)])
+def test_forward_matches_corners_and_embedding_bag(dim, points):
+    device = triton_device()
+    samp, ref, table, head_major, (heads, points, h, w) = gather_problem(torch.float32, dim=dim, points=points)
+    plane = (h + 2) * (w + 2) * heads
+    attention = softmax_attention(samp, heads, points)
+    for b in range(2):  # image 1 sits at a row offset of the batched table
+        index, weight = single_level_corners(samp, ref, heads, points, h, w, b * plane)
+        expected = F.embedding_bag(
+            index, table.view(-1, dim), per_sample_weights=weight.view(-1, points * 4), mode="sum"
+        ).view(samp.shape[0], -1)
+        s, a, r, t = _on(device, samp, attention, ref, head_major.view(-1, dim))
+        got = triton_msda.msda_forward(s, a, r, t, heads, points, h, w, b * plane).cpu()
+        if _interpreted_on_an_fma_cpu(device):  # the same operations in the same order, as numpy runs them
+            assert torch.equal(got, expected)
+        else:  # a GPU's embedding_bag may round its products differently
+            torch.testing.assert_close(got, expected, rtol=1e-6, atol=4 * points * 1.2e-7 * expected.abs().max().item())
+
+
+def _interpreted_on_an_fma_cpu(device) -> bool:
+    """On the CPU, embedding_bag sums with fused multiply-adds where the CPU has them (what the native
+    kernel's FMA probe reports), as the kernel does where the interpreter rounds an FMA once."""
+    lib = native.msda_library() if device.type == "cpu" else None
+    return lib is not None and bool(lib.ddpseg_msda_has_fma()) and interpreter_fuses_fma()
+
+
+def test_backward_matches_the_portable_gradients():
+    device = triton_device()
+    samp, ref, table, head_major, (heads, points, h, w) = gather_problem(torch.float32)
+    dim = table.shape[-1]
+    flat, hm = table[0].reshape(-1, dim), head_major[0].reshape(-1, dim)
+    grad = torch.randn(samp.shape[0], heads * dim, generator=torch.Generator().manual_seed(1))
+    index, weight, corners_backward = single_level_corners_with_backward(samp, ref, heads, points, h, w)
+    g_weight, g_rows = _gather_backward(flat, index, weight, grad)
+    expected_g_samp = corners_backward(g_weight)
+
+    s, a, r, t, g = _on(device, samp, softmax_attention(samp, heads, points), ref, hm, grad)
+    g_table, g_samp = (x.cpu() for x in triton_msda.msda_backward(s, a, r, t, g, heads, points, h, w))
+    g_table = g_table.view(heads, h + 2, w + 2, dim).permute(1, 2, 0, 3).reshape(-1, dim)
+    # border rows collect the gradient of clamped corners in both; compare every row
+    torch.testing.assert_close(g_table, g_rows, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_samp, expected_g_samp, rtol=1e-4, atol=1e-4)
+    assert g_samp.abs().max() > 1 and g_table.abs().max() > 0.1  # gradients of a real size were compared
+
+
+def test_agrees_with_the_native_kernel_on_the_same_problem():
+    device = triton_device()
+    if not native.usable(torch.zeros(1)):
+        pytest.skip("no native kernel here")
+    samp, ref, _, head_major, (heads, points, h, w) = gather_problem(torch.float32, height=11, width=6, seed=3)
+    table = head_major.view(-1, head_major.shape[-1])
+    grad = torch.randn(samp.shape[0], heads * table.shape[1], generator=torch.Generator().manual_seed(2))
+    attention = softmax_attention(samp, heads, points)
+    expected = [native.msda_forward(samp, attention, ref, table, heads, points, h, w),
+                *native.msda_backward(samp, attention, ref, table, grad, heads, points, h, w)]
+    s, a, r, t, g = _on(device, samp, attention, ref, table, grad)
+    got = [triton_msda.msda_forward(s, a, r, t, heads, points, h, w),
+           *triton_msda.msda_backward(s, a, r, t, g, heads, points, h, w)]
+    for name, x, y in zip(("forward", "table gradient", "samp gradient"), got, expected):
+        torch.testing.assert_close(x.cpu(), y, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_empty_query_set_launches_nothing():
+    device = triton_device()
+    samp, ref, _, head_major, (heads, points, h, w) = gather_problem(torch.float32)
+    dim = head_major.shape[-1]
+    s, a, r, t = _on(device, samp[:0], softmax_attention(samp[:0], heads, points), ref[:0], head_major.view(-1, dim))
+    assert triton_msda.msda_forward(s, a, r, t, heads, points, h, w).shape == (0, heads * dim)
+
+
+def test_bad_inputs_name_the_tensor_and_the_expected_shape():
+    if not triton_msda.triton_available():
+        pytest.skip("triton is not installed")
+    samp, ref, _, head_major, (heads, points, h, w) = gather_problem(torch.float32)
+    table = head_major[0].reshape(-1, head_major.shape[-1])
+    attention = softmax_attention(samp, heads, points)
+    with pytest.raises(ValueError, match=r"attention must be \(n, heads, points\)"):
+        triton_msda.msda_forward(samp, attention[:, :1], ref, table, heads, points, h, w)
+    with pytest.raises(ValueError, match="samp must be contiguous"):
+        triton_msda.msda_forward(samp.t().contiguous().t(), attention, ref, table, heads, points, h, w)
+    with pytest.raises(ValueError, match=r"table must be \(rows ≥ offset"):
+        triton_msda.msda_forward(samp, attention, ref, table, heads, points, h, w, table_offset=1)
+    with pytest.raises(ValueError, match="must be float32"):
+        triton_msda.msda_forward(samp.double(), attention, ref, table, heads, points, h, w)
+    with pytest.raises(ValueError, match=r"grad must be contiguous"):
+        triton_msda.msda_backward(samp, attention, ref, table, samp, heads, points, h, w)
+
+
+def test_self_check_passes_and_catches_a_wrong_kernel(monkeypatch):
+    device = triton_device()
+    assert triton_msda._compare(device) == ""
+    forward = triton_msda.msda_forward
+    monkeypatch.setattr(triton_msda, "msda_forward", lambda *a, **k: forward(*a, **k) * 1.01)
+    assert triton_msda._compare(device).startswith("forward differs from the portable path")
+
+
+def test_a_failing_self_check_warns_once_and_disables_the_kernel(monkeypatch):
+    monkeypatch.setattr(triton_msda, "_checked", {})
+    monkeypatch.setattr(triton_msda, "_compare", lambda device: 1 / 0)
+    device = torch.device("cuda", 7)
+    with pytest.warns(RuntimeWarning, match="Triton deformable-attention kernel disabled on cuda:7.*ZeroDivisionError"):
+        assert not triton_msda.self_check(device)
+    assert not triton_msda.self_check(device)  # decided once per device: no second warning
+
+
+def test_selection(monkeypatch):
+    cpu = torch.zeros(2)
+    assert not triton_msda.usable(cpu)  # the CPU has the native kernel or the portable path
+    assert kernels.gather_kernel(cpu) is (native if native.usable(cpu) else None)
+    monkeypatch.setenv("DDPSEG_NATIVE", "0")
+    assert kernels.gather_kernel(cpu) is None
+    assert kernels.describe(None).startswith("portable PyTorch")
+    assert kernels.describe(triton_msda) == "Triton GPU kernel"
+    monkeypatch.setenv("DDPSEG_TRITON", "0")
+    assert not triton_msda.triton_enabled()
+    if torch.cuda.is_available():
+        assert not triton_msda.usable(torch.zeros(2, device="cuda"))
