@@ -40,7 +40,8 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 __all__ = ["triton_available", "triton_enabled", "usable", "msda_forward", "msda_backward", "self_check"]
 
-BLOCK_QUERIES = 32  # queries per program on a GPU
+# queries per program on a GPU: the sm_90 cubins then use 80 (forward) and 136 (backward) registers, no spills
+BLOCK_QUERIES = 16
 BLOCK_QUERIES_INTERPRETED = 1024  # in the interpreter, each program costs Python overhead: fewer, wider ones
 _lock = threading.Lock()
 _checked: dict = {}  # device index → passed the self-check
@@ -164,36 +165,43 @@ if triton is not None:
         head = tl.program_id(1)
         q = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         qmask = q < n
-        p = tl.arange(0, P2)
-        pmask = p < POINTS
+        q64 = q.to(tl.int64)
         d = tl.arange(0, D2)
         dmask = d < DIM
-        r00, r01, r10, r11, fx, fy, att, m = _corners(samp_ptr, att_ptr, ref_ptr, q, qmask, p, pmask, head,
-                                                      samp_stride, height, width, HEADS, POINTS)
-        q64 = q.to(tl.int64)
         g = tl.load(grad_ptr + q64[:, None] * (HEADS * DIM) + head * DIM + d[None, :],
                     mask=qmask[:, None] & dmask[None, :], other=0.0)[:, None, :]
-        a_y0 = att * (1.0 - fy)
-        a_y1 = att * fy
         base = head.to(tl.int64) * (height + 2) * (width + 2)
-        m3 = m[:, :, None] & dmask[None, None, :]
-        # per corner: d out / d weight = row · grad; d out / d row = weight · grad (scattered)
-        gw00 = _corner_backward(table_ptr, g_table_ptr, base + r00, a_y0 * (1.0 - fx), g, m3, DIM, D2)
-        gw01 = _corner_backward(table_ptr, g_table_ptr, base + r01, a_y0 * fx, g, m3, DIM, D2)
-        gw10 = _corner_backward(table_ptr, g_table_ptr, base + r10, a_y1 * (1.0 - fx), g, m3, DIM, D2)
-        gw11 = _corner_backward(table_ptr, g_table_ptr, base + r11, a_y1 * fx, g, m3, DIM, D2)
-        # the bilinear products, then the softmax (d source pixel / d offset = size / size = 1)
-        g_y0 = gw00 * (1.0 - fx) + gw01 * fx
-        g_y1 = gw10 * (1.0 - fx) + gw11 * fx
-        g_fx = a_y0 * (gw01 - gw00) + a_y1 * (gw11 - gw10)
-        g_fy = att * (g_y1 - g_y0)
-        g_att = g_y0 * (1.0 - fy) + g_y1 * fy
-        g_logit = att * (g_att - tl.sum(att * g_att, axis=1)[:, None])
         row = g_samp_ptr + q64[:, None] * samp_stride
-        col2 = (head * POINTS + p[None, :]) * 2
-        tl.store(row + col2, g_fx, mask=m)
-        tl.store(row + col2 + 1, g_fy, mask=m)
-        tl.store(row + 2 * HEADS * POINTS + head * POINTS + p[None, :], g_logit, mask=m)
+        # one point at a time keeps the gathered tiles (BLOCK, 1, D) small; the attention gradients of all
+        # points are collected for the softmax
+        pv = tl.arange(0, P2)[None, :]
+        g_att_all = tl.zeros((BLOCK, P2), dtype=tl.float32)
+        for point in tl.static_range(POINTS):
+            p = tl.arange(0, 1) + point
+            r00, r01, r10, r11, fx, fy, att, m = _corners(samp_ptr, att_ptr, ref_ptr, q, qmask, p, p < POINTS, head,
+                                                          samp_stride, height, width, HEADS, POINTS)
+            a_y0 = att * (1.0 - fy)
+            a_y1 = att * fy
+            m3 = m[:, :, None] & dmask[None, None, :]
+            # per corner: d out / d weight = row · grad; d out / d row = weight · grad (scattered)
+            gw00 = _corner_backward(table_ptr, g_table_ptr, base + r00, a_y0 * (1.0 - fx), g, m3, DIM, D2)
+            gw01 = _corner_backward(table_ptr, g_table_ptr, base + r01, a_y0 * fx, g, m3, DIM, D2)
+            gw10 = _corner_backward(table_ptr, g_table_ptr, base + r10, a_y1 * (1.0 - fx), g, m3, DIM, D2)
+            gw11 = _corner_backward(table_ptr, g_table_ptr, base + r11, a_y1 * fx, g, m3, DIM, D2)
+            # the bilinear products (d source pixel / d offset = size / size = 1)
+            g_y0 = gw00 * (1.0 - fx) + gw01 * fx
+            g_y1 = gw10 * (1.0 - fx) + gw11 * fx
+            g_fx = a_y0 * (gw01 - gw00) + a_y1 * (gw11 - gw10)
+            g_fy = att * (g_y1 - g_y0)
+            col = (head * POINTS + p[None, :]) * 2
+            tl.store(row + col, g_fx, mask=m)
+            tl.store(row + col + 1, g_fy, mask=m)
+            g_att_all = tl.where(pv == point, g_y0 * (1.0 - fy) + g_y1 * fy, g_att_all)
+        # the softmax over the points of each (query, head)
+        m = qmask[:, None] & (pv < POINTS)
+        att_all = tl.load(att_ptr + (q64[:, None] * HEADS + head) * POINTS + pv, mask=m, other=0.0)
+        g_logit = att_all * (g_att_all - tl.sum(att_all * g_att_all, axis=1)[:, None])
+        tl.store(row + 2 * HEADS * POINTS + head * POINTS + pv, g_logit, mask=m)
 
 
 def _check(samp: Tensor, attention: Tensor, ref: Tensor, table: Tensor, heads: int, points: int, height: int,

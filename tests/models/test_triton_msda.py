@@ -4,6 +4,12 @@ Without a GPU they run in Triton's interpreter on CPU tensors (see tests/triton_
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -143,3 +149,32 @@ def test_selection(monkeypatch):
     assert not triton_msda.triton_enabled()
     if torch.cuda.is_available():
         assert not triton_msda.usable(torch.zeros(2, device="cuda"))
+
+
+def test_kernels_compile_for_a100_and_h100_without_a_gpu():
+    """Triton compiles the kernels to PTX and cubins for sm_80 and sm_90 here (its bundled ptxas): what the
+    interpreter cannot check. The PTX keeps the portable path's arithmetic: IEEE divisions only, and no
+    multiply-add contracted beyond the forward's own FMAs (4 corners × points per output element); and no
+    registers spill."""
+    if not triton_msda.triton_available():
+        pytest.skip("triton is not installed")
+    script = Path(__file__).resolve().parents[1] / "triton_compile.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, str(script), "80", "90"], capture_output=True, text=True, env=env,
+                            timeout=300)
+    if result.returncode == 3:  # triton_compile.UNSUPPORTED
+        pytest.skip(result.stderr.strip())
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {(r["kernel"], r["arch"]) for r in rows} == {
+        (k, a) for k in ("_msda_forward_kernel", "_msda_backward_kernel") for a in (80, 90)
+    }
+    threads = 4 * 32  # Triton's default: 4 warps
+    for r in rows:
+        assert r["cubin_bytes"] > 0
+        assert r.get("stack_bytes", 0) == 0, r  # nothing spilled to local memory at the chosen block size
+        assert r["div.rn.f32"] > 0 and r["div.full.f32"] == 0 and r["div.approx.f32"] == 0, r
+        if r["kernel"] == "_msda_forward_kernel":
+            assert r["fma.rn.f32"] == 4 * 4 * triton_msda.BLOCK_QUERIES * 32 // threads, r  # points 4, dim 32
+        else:
+            assert r["fma.rn.f32"] == 0 and r["atom.global"] + r["red.global"] > 0, r
