@@ -79,15 +79,18 @@ def usable(*tensors: Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _corners(samp_ptr, att_ptr, ref_ptr, q, qmask, p, pmask, head, samp_stride, height, width,
+    def _corners(samp_ptr, att_ptr, ref_ptr, q, qmask, point, dmask, head, samp_stride, height, width,
                  HEADS: tl.constexpr, POINTS: tl.constexpr):
-        """Rows of the 4 corners (within one head's bordered plane) and the fractions, per (query, point).
+        """Point ``point`` of every query (tensors of shape (BLOCK, 1)): the rows of its 4 corners within
+        one head's bordered plane, the fractions, the attention weight and its two y-interpolated parts,
+        and the masks of valid (query, point) and (query, point, channel).
 
         The arithmetic is the portable path's (``_single_level``): location = ref + offset / size,
         grid = 2·location − 1, source = ((grid + 1)·size − 1) / 2, corner = floor(source) + 1 (the
         border) clamped to the bordered map.
         """
-        m = qmask[:, None] & pmask[None, :]
+        p = tl.arange(0, 1) + point
+        m = qmask[:, None] & (p < POINTS)[None, :]
         q64 = q.to(tl.int64)
         col = (head * POINTS + p) * 2
         ox = tl.load(samp_ptr + q64[:, None] * samp_stride + col[None, :], mask=m, other=0.0)
@@ -116,7 +119,10 @@ if triton is not None:
         stride = (width + 2).to(tl.int64)
         row0 = y0.to(tl.int64) * stride
         row1 = y1.to(tl.int64) * stride
-        return row0 + x0, row0 + x1, row1 + x0, row1 + x1, fx, fy, att, m
+        a_y0 = att * (1.0 - fy)
+        a_y1 = att * fy
+        m3 = m[:, :, None] & dmask[None, None, :]
+        return row0 + x0, row0 + x1, row1 + x0, row1 + x1, fx, fy, att, a_y0, a_y1, m, m3
 
     @triton.jit(do_not_specialize=["n", "samp_stride", "table_offset", "height", "width"])
     def _msda_forward_kernel(samp_ptr, att_ptr, ref_ptr, table_ptr, out_ptr, n, samp_stride, table_offset,
@@ -132,12 +138,9 @@ if triton is not None:
         # one point at a time, corners in order, one fused multiply-add per row: embedding_bag's sum
         acc = tl.zeros((BLOCK, 1, D2), dtype=tl.float32)
         for point in tl.static_range(POINTS):
-            p = tl.arange(0, 1) + point
-            r00, r01, r10, r11, fx, fy, att, m = _corners(samp_ptr, att_ptr, ref_ptr, q, qmask, p, p < POINTS, head,
-                                                          samp_stride, height, width, HEADS, POINTS)
-            a_y0 = att * (1.0 - fy)
-            a_y1 = att * fy
-            m3 = m[:, :, None] & dmask[None, None, :]
+            r00, r01, r10, r11, fx, fy, att, a_y0, a_y1, m, m3 = _corners(
+                samp_ptr, att_ptr, ref_ptr, q, qmask, point, dmask, head, samp_stride, height, width, HEADS, POINTS
+            )
             v = tl.load(table_ptr + (base + r00)[:, :, None] * DIM + col, mask=m3, other=0.0)
             acc = tl.fma((a_y0 * (1.0 - fx))[:, :, None], v, acc)
             v = tl.load(table_ptr + (base + r01)[:, :, None] * DIM + col, mask=m3, other=0.0)
@@ -177,12 +180,9 @@ if triton is not None:
         pv = tl.arange(0, P2)[None, :]
         g_att_all = tl.zeros((BLOCK, P2), dtype=tl.float32)
         for point in tl.static_range(POINTS):
-            p = tl.arange(0, 1) + point
-            r00, r01, r10, r11, fx, fy, att, m = _corners(samp_ptr, att_ptr, ref_ptr, q, qmask, p, p < POINTS, head,
-                                                          samp_stride, height, width, HEADS, POINTS)
-            a_y0 = att * (1.0 - fy)
-            a_y1 = att * fy
-            m3 = m[:, :, None] & dmask[None, None, :]
+            r00, r01, r10, r11, fx, fy, att, a_y0, a_y1, m, m3 = _corners(
+                samp_ptr, att_ptr, ref_ptr, q, qmask, point, dmask, head, samp_stride, height, width, HEADS, POINTS
+            )
             # per corner: d out / d weight = row · grad; d out / d row = weight · grad (scattered)
             gw00 = _corner_backward(table_ptr, g_table_ptr, base + r00, a_y0 * (1.0 - fx), g, m3, DIM, D2)
             gw01 = _corner_backward(table_ptr, g_table_ptr, base + r01, a_y0 * fx, g, m3, DIM, D2)
@@ -193,7 +193,7 @@ if triton is not None:
             g_y1 = gw10 * (1.0 - fx) + gw11 * fx
             g_fx = a_y0 * (gw01 - gw00) + a_y1 * (gw11 - gw10)
             g_fy = att * (g_y1 - g_y0)
-            col = (head * POINTS + p[None, :]) * 2
+            col = head * POINTS * 2 + point * 2
             tl.store(row + col, g_fx, mask=m)
             tl.store(row + col + 1, g_fy, mask=m)
             g_att_all = tl.where(pv == point, g_y0 * (1.0 - fy) + g_y1 * fy, g_att_all)
