@@ -290,7 +290,9 @@ def self_check(device: torch.device) -> bool:
         if key in _checked:
             return _checked[key]
         try:
-            error = _compare(device)
+            # whatever the caller's mode: normal tensors, autograd on, full precision
+            with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+                error = _compare(device)
         except Exception as exc:  # a compile or launch failure must not break the caller
             error = f"{type(exc).__name__}: {exc}"
         if error:
@@ -316,10 +318,9 @@ def _compare(device: torch.device) -> str:
 
     out = msda_forward(samp, attention, ref, table, heads, points, height, width)
     g_table, g_samp = msda_backward(samp, attention, ref, table, grad, heads, points, height, width)
-    with torch.enable_grad():
-        s, t = samp.clone().requires_grad_(), table.clone().requires_grad_()
-        expected = _portable(s, ref, t, heads, points, height, width)
-        e_samp, e_table = torch.autograd.grad(expected, (s, t), grad)
+    s, t = samp.clone().requires_grad_(), table.clone().requires_grad_()
+    expected = _portable(s, ref, t, heads, points, height, width)
+    e_samp, e_table = torch.autograd.grad(expected, (s, t), grad)
     for name, got, want in (("forward", out, expected), ("table gradient", g_table, e_table),
                             ("offset/logit gradient", g_samp, e_samp)):
         if not torch.allclose(got, want.detach(), rtol=1e-4, atol=1e-5):

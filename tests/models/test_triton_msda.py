@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,17 @@ def test_self_check_passes_and_catches_a_wrong_kernel(monkeypatch):
     forward = triton_msda.msda_forward
     monkeypatch.setattr(triton_msda, "msda_forward", lambda *a, **k: forward(*a, **k) * 1.01)
     assert triton_msda._compare(device).startswith("forward differs from the portable path")
+
+
+def test_self_check_passes_under_inference_mode_and_autocast(monkeypatch):
+    """Users may first reach the kernel inside ``torch.inference_mode()`` or autocast; the check must still
+    compare in float32 with autograd (a failure there would switch the kernel off for the whole process)."""
+    device = triton_device()
+    monkeypatch.setattr(triton_msda, "_checked", {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a failed check warns
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+            assert triton_msda.self_check(device)
 
 
 def test_a_failing_self_check_warns_once_and_disables_the_kernel(monkeypatch):
