@@ -10,13 +10,14 @@ AdamW and FLOP counts; this one takes the step exactly as ``ddpseg train`` does.
     python benchmarks/train_step.py --devices cpu --steps 3 --warmup 1 --threads 2
     python benchmarks/train_step.py --quickstart       # `ddpseg quickstart`: final mIoU and wall time
     python benchmarks/train_step.py --devices cpu --compare   # also the plain-autograd path, same run
-    python benchmarks/train_step.py --devices cpu --compare-native   # also fused without the native CPU kernel
+    python benchmarks/train_step.py --devices cpu --compare-native   # also fused without the gather kernels
 
 Each row is measured in a fresh process, so its peak memory is its own. ``--compare`` adds a row with
 the fused training paths switched off (decoder layers under plain autograd, PyTorch's depthwise-conv
 backward): the same model and step, as the original computes it. ``--compare-native`` adds a fused row
-with the native deformable-attention kernel switched off (``DDPSEG_NATIVE=0``: corners + embedding_bag
-and two sparse products instead). The path column says which ran ("+ native" where the kernel did).
+with the deformable-attention kernels switched off (``DDPSEG_NATIVE=0 DDPSEG_TRITON=0``: corners +
+embedding_bag and two sparse products, or index_add_ on a GPU, instead). The path column says which ran
+("+ native" or "+ triton" where a kernel did).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from ddpseg import native
+from ddpseg import kernels
 from ddpseg.benchmark import matmul_ceiling, peak_memory_mib, timed
 from ddpseg.config import Config
 from ddpseg.engine.distributed import revert_sync_batchnorm
@@ -58,7 +59,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--amp", choices=sorted(AMP_DTYPES), help="autocast dtype")
     p.add_argument("--compare", action="store_true", help="also measure with the fused training paths off")
-    p.add_argument("--compare-native", action="store_true", help="also measure fused without the native kernel")
+    p.add_argument("--compare-native", action="store_true", help="also measure fused without the gather kernels")
     p.add_argument("--quickstart", action="store_true", help="run `ddpseg quickstart` instead and report it")
     p.add_argument("--out", help="--quickstart output folder (default: a temporary one)")
     return p.parse_args()
@@ -66,8 +67,9 @@ def parse_args() -> argparse.Namespace:
 
 def measure(config: str, device_name: str, args: argparse.Namespace, fused: bool, use_native: bool = True) -> dict:
     """One training step as the trainer takes it: the config's optimizer (paramwise rules), per-process BN."""
-    if not use_native:  # a fresh process per row: the switch stays in it
+    if not use_native:  # a fresh process per row: the switches stay in it
         os.environ["DDPSEG_NATIVE"] = "0"
+        os.environ["DDPSEG_TRITON"] = "0"
     if args.threads:
         torch.set_num_threads(args.threads)
     tune_cpu_allocator()  # as `ddpseg train` does
@@ -96,8 +98,9 @@ def measure(config: str, device_name: str, args: argparse.Namespace, fused: bool
     ceiling = matmul_ceiling(device) / 1e9  # this machine's float32 GEMM rate right now: shared hosts drift
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     path = "fused" if fused else "plain autograd"
-    if fused and native.usable(img):
-        path += " + native"
+    kernel = kernels.gather_kernel(img) if fused else None
+    if kernel is not None:
+        path += " + " + kernel.__name__.split(".")[-1].replace("triton_msda", "triton")
     return {"device": name, "path": path, "median": seconds,
             "memory": peak_memory_mib(device), "params": sum(p.numel() for p in model.parameters()),
             "ceiling": ceiling}
