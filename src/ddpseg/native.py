@@ -1,7 +1,8 @@
-"""The optional native CPU kernel of the deformable attention sampling (``csrc/msda_cpu.cpp``).
+"""The optional native CPU kernels: the deformable attention sampling (``csrc/msda_cpu.cpp``) and an exact,
+faster replay of torch's serial normal draw (``csrc/normal_cpu.cpp``, :func:`randn_like`).
 
-The kernel is a small C++ file with a plain C interface, built on first use with the system's C++
-compiler (about a second; no PyTorch headers) and loaded with ctypes. The shared library is cached
+The kernels are small C++ files with a plain C interface, built on first use with the system's C++
+compiler (about two seconds; no PyTorch headers) into one library, loaded with ctypes. The shared library is cached
 under ``$DDPSEG_CACHE_DIR`` (default ``~/.cache/ddpseg``) in a folder named by a hash of the source,
 the compiler command and the CPU, and is written atomically, so concurrent processes are safe.
 
@@ -30,9 +31,10 @@ from torch import Tensor
 
 from .kernels import check_contiguous, check_gather_args
 
-__all__ = ["msda_library", "native_enabled", "usable", "msda_forward", "msda_backward", "cache_dir"]
+__all__ = ["msda_library", "native_enabled", "usable", "msda_forward", "msda_backward", "cache_dir", "randn_like"]
 
-_SOURCE = Path(__file__).resolve().parent / "csrc" / "msda_cpu.cpp"
+_CSRC = Path(__file__).resolve().parent / "csrc"
+_SOURCES = (_CSRC / "msda_cpu.cpp", _CSRC / "normal_cpu.cpp")  # one library
 _FLAGS = ["-O3", "-std=c++17", "-ffp-contract=off", "-fPIC", "-shared", "-pthread"]
 _lock = threading.Lock()
 _library: Optional[ctypes.CDLL] = None
@@ -76,7 +78,7 @@ def _arch_flags() -> list:
 
 def _build(compiler: str) -> Path:
     flags = _FLAGS + _arch_flags()
-    source = _SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in _SOURCES)
     key = hashlib.sha256(source + " ".join([compiler] + flags).encode() + _cpu_signature().encode()).hexdigest()[:16]
     target = cache_dir() / "native" / key / "libddpseg_msda.so"
     if target.exists():
@@ -86,10 +88,11 @@ def _build(compiler: str) -> Path:
     os.close(fd)
     try:
         result = subprocess.run(
-            [compiler, *flags, str(_SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300
+            [compiler, *flags, *map(str, _SOURCES), "-o", tmp], capture_output=True, text=True, timeout=300
         )
         if result.returncode != 0:
-            raise RuntimeError(f"{compiler} failed on {_SOURCE}:\n{result.stderr.strip()[-2000:]}")
+            names = ", ".join(str(path) for path in _SOURCES)
+            raise RuntimeError(f"{compiler} failed on {names}:\n{result.stderr.strip()[-2000:]}")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -107,6 +110,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         bwd.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, i64, ptr, ptr, cint]
         bwd.restype = None
     lib.ddpseg_msda_has_fma.restype = cint
+    lib.ddpseg_serial_normal_f32.argtypes = [ptr, i64, ptr, i64, ctypes.c_double, ctypes.c_double, cint]
+    lib.ddpseg_serial_normal_f32.restype = cint
 
 
 def msda_library() -> Optional[ctypes.CDLL]:
@@ -197,3 +202,84 @@ def msda_backward(
         heads, points, height, width, dim, rows, g_table.data_ptr(), g_samp.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     return g_table, g_samp
+
+
+_normal_checked: Optional[bool] = None
+
+
+def randn_like(t: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """``torch.randn_like(t)`` drawn from ``generator`` (default: torch's), bit for bit, and the generator
+    left exactly where torch would leave it.
+
+    For a float32 CPU tensor that is not contiguous but dense (channels-last noise, say), torch draws
+    element by element (its serial path, ≈ 40 ns per value); the native kernel replays the same MT19937
+    stream and Box–Muller pairs and spreads the transcendental part over the threads. Everything else,
+    and everywhere the kernel is unavailable or its first-use check against torch fails (one warning),
+    is ``torch.randn_like`` itself.
+    """
+    order = _memory_order(t)
+    lib = msda_library() if order is not None else None
+    if lib is None or not _normal_check(lib):
+        return torch.randn_like(t) if generator is None else torch.empty_like(t).normal_(generator=generator)
+    return _replay_normal(lib, t, generator or torch.default_generator)
+
+
+def _memory_order(t: Tensor):
+    """Whether torch fills ``t`` by its serial path in memory order: float32 on the CPU, not contiguous,
+    and dense (its strides a permutation of a contiguous layout). Returns True then, else None."""
+    if t.device.type != "cpu" or t.dtype != torch.float32 or t.is_contiguous() or t.numel() == 0:
+        return None
+    expected = 1
+    dims = [(stride, size) for size, stride in zip(t.shape, t.stride()) if size != 1]
+    for stride, size in sorted(dims):
+        if stride != expected:
+            return None
+        expected *= size
+    return True
+
+
+def _replay_normal(lib: ctypes.CDLL, t: Tensor, generator: torch.Generator) -> Tensor:
+    out = torch.empty_like(t)  # dense: keeps t's strides
+    flat = out.as_strided((out.numel(),), (1,), out.storage_offset())
+    state = generator.get_state().clone()
+    status = lib.ddpseg_serial_normal_f32(state.data_ptr(), state.numel(), flat.data_ptr(), flat.numel(), 0.0, 1.0,
+                                          torch.get_num_threads())
+    if status != 0:
+        raise RuntimeError(f"native normal draw: generator state of {state.numel()} bytes, expected 5056")
+    generator.set_state(state)
+    return out
+
+
+def _normal_check(lib: ctypes.CDLL) -> bool:
+    """Once per process: the replay against torch on channels-last and permuted tensors, odd and even sizes,
+    with and without a cached second value: values and the generator's final state must be identical."""
+    global _normal_checked
+    if _normal_checked is None:
+        try:
+            ok = _normal_matches_torch(lib)
+        except (RuntimeError, ValueError) as error:
+            ok = False
+            warnings.warn(f"ddpseg: native normal draw disabled ({error})", RuntimeWarning, stacklevel=3)
+        else:
+            if not ok:
+                warnings.warn("ddpseg: native normal draw disabled: it differs from torch's serial draw here",
+                              RuntimeWarning, stacklevel=3)
+        _normal_checked = ok
+    return _normal_checked
+
+
+def _normal_matches_torch(lib: ctypes.CDLL) -> bool:
+    theirs, ours = torch.Generator().manual_seed(20240611), torch.Generator().manual_seed(20240611)
+    shapes = [((2, 5, 3, 7), torch.channels_last), ((1, 3, 4, 4), torch.channels_last), ((3, 1, 2, 5), None)]
+    for shape, memory_format in shapes:
+        if memory_format is not None:
+            t = torch.empty(shape).to(memory_format=memory_format)
+        else:  # a transposed (permuted, dense) tensor
+            t = torch.empty(shape[::-1]).permute(3, 2, 1, 0)
+        expected = torch.empty_like(t).normal_(generator=theirs)
+        got = _replay_normal(lib, t, ours)
+        if not torch.equal(got, expected) or got.stride() != expected.stride():
+            return False
+        if not torch.equal(theirs.get_state(), ours.get_state()):
+            return False
+    return True

@@ -143,7 +143,7 @@ def test_a_failing_build_names_the_source_and_keeps_nothing(monkeypatch, tmp_pat
         pytest.skip("no C++ compiler")
     bad = tmp_path / "broken.cpp"
     bad.write_text("this is not C++\n")
-    monkeypatch.setattr(native, "_SOURCE", bad)
+    monkeypatch.setattr(native, "_SOURCES", (bad,))
     monkeypatch.setenv("DDPSEG_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(native, "_tried", False)
     monkeypatch.setattr(native, "_library", None)
@@ -191,3 +191,93 @@ def test_rejects_sizes_the_kernel_would_read_past_naming_them():
         native.msda_backward(samp, attention, ref, table, torch.zeros(3, 3), heads, points, h, w)
     with pytest.raises(ValueError, match="must be a CPU torch.float32"):
         native.msda_forward(samp, attention.double(), ref, table, heads, points, h, w)
+
+
+# ---- the exact replay of torch's serial normal draw (csrc/normal_cpu.cpp) ----
+
+_NOISE_LAYOUTS = [
+    ((1, 64, 32, 48), "channels_last"),  # the training noise's layout, even count
+    ((2, 3, 7, 5), "channels_last"),  # odd count: the pair's second value stays cached in the generator
+    ((1, 3, 1001, 351), "channels_last"),  # odd and > 2 blocks of the kernel's uniforms
+    ((4, 6, 5), "transposed"),  # another dense permutation
+]
+
+
+def _layout(shape, kind):
+    if kind == "channels_last":
+        return torch.empty(shape).to(memory_format=torch.channels_last)
+    return torch.empty(shape[::-1]).permute(2, 1, 0)
+
+
+@pytest.mark.parametrize("shape,kind", _NOISE_LAYOUTS)
+@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_randn_like_is_torchs_draw_bit_for_bit_and_leaves_the_generator_where_torch_does(shape, kind, cached, threads):
+    require_native_kernel()
+    t = _layout(shape, kind)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(11)
+        if cached:
+            torch.randn(3, 1)  # serial path, odd count: a value waits in the generator
+        start = torch.get_rng_state()
+        expected = torch.randn_like(t)
+        after = torch.get_rng_state()
+        torch.set_rng_state(start)
+        got = native.randn_like(t)
+        assert torch.equal(got, expected) and got.stride() == expected.stride()
+        assert torch.equal(torch.get_rng_state(), after)
+        assert torch.equal(torch.randn(5, 1), (torch.set_rng_state(after), torch.randn(5, 1))[1])
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_randn_like_with_a_generator_and_on_contiguous_tensors():
+    require_native_kernel()
+    t = _layout((1, 8, 9, 10), "channels_last")
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(native.randn_like(t, generator=g1), torch.empty_like(t).normal_(generator=g2))
+    assert torch.equal(g1.get_state(), g2.get_state())
+    c = torch.empty(3, 40)  # contiguous: torch's own (vectorised) path, unchanged
+    torch.manual_seed(1)
+    expected = torch.randn_like(c)
+    torch.manual_seed(1)
+    assert torch.equal(native.randn_like(c), expected)
+
+
+def test_randn_like_falls_back_to_torch_when_its_check_fails(monkeypatch):
+    require_native_kernel()
+    monkeypatch.setattr(native, "_normal_checked", None)
+    monkeypatch.setattr(native, "_normal_matches_torch", lambda lib: False)
+    t = _layout((1, 4, 3, 5), "channels_last")
+    torch.manual_seed(2)
+    expected = torch.randn_like(t)
+    torch.manual_seed(2)
+    with pytest.warns(RuntimeWarning, match="native normal draw disabled"):
+        got = native.randn_like(t)
+    assert torch.equal(got, expected)
+    assert native._normal_checked is False
+
+
+def test_training_step_draws_the_same_noise_with_and_without_the_replay(mini_model_cfg, monkeypatch):
+    require_native_kernel()
+    from ddpseg.models.build import build_model
+
+    model = build_model(mini_model_cfg).train()
+    gen = torch.Generator().manual_seed(0)
+    img = torch.randn(1, 3, 64, 96, generator=gen)
+    gt = torch.randint(0, 19, (1, 1, 64, 96), generator=gen)
+    assert native._normal_check(native.msda_library())  # done before counting: the check replays too
+    calls = []
+    replay = native._replay_normal
+    monkeypatch.setattr(native, "_replay_normal", lambda *args: calls.append(1) or replay(*args))
+    torch.manual_seed(7)
+    ours = model.forward_train(img, gt)
+    assert calls  # the training noise (channels-last) went through the replay
+    monkeypatch.setattr(native, "randn_like", lambda t, generator=None: torch.randn_like(t))
+    torch.manual_seed(7)
+    theirs = model.forward_train(img, gt)
+    assert set(ours) == set(theirs)
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), key

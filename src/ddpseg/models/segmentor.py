@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import native
 from .diffusion import (
     LabelEncoder,
     TimeEmbedding,
@@ -145,8 +146,8 @@ class DDP(nn.Module):
         clean = self.label_encoder(gt_down)
         if times is None:
             times = self.draw_times(x.shape[0], x.device)
-        if noise is None:
-            noise = torch.randn_like(clean)
+        if noise is None:  # torch's draw, bit for bit (the native replay of its serial path where it applies)
+            noise = native.randn_like(clean)
         return self._denoising_losses(x, clean, times, noise, gt_semantic_seg)
 
     def draw_times(self, batch: int, device: torch.device) -> Tensor:
@@ -260,7 +261,7 @@ class SelfAlignedDDP(DDP):
     ) -> Dict[str, Tensor]:
         x = self.extract_feat(img)
         if noise is None:
-            noise = torch.randn_like(x)
+            noise = native.randn_like(x)
         with torch.no_grad():
             log_snr_1 = self.log_snr(torch.ones((x.shape[0],), device=x.device).float())
             preds = self._denoise_logits(x, noise, log_snr_1).argmax(dim=1)
