@@ -126,7 +126,7 @@ def test_self_check_passes_and_catches_a_wrong_kernel(monkeypatch):
     assert triton_msda._compare(device) == ""
     forward = triton_msda.msda_forward
     monkeypatch.setattr(triton_msda, "msda_forward", lambda *a, **k: forward(*a, **k) * 1.01)
-    assert triton_msda._compare(device).startswith("forward differs from the portable path")
+    assert triton_msda._compare(device).startswith("heads 2, points 3, dim 8: forward differs from the portable path")
 
 
 def test_self_check_passes_under_inference_mode_and_autocast(monkeypatch):
@@ -190,3 +190,20 @@ def test_kernels_compile_for_a100_and_h100_without_a_gpu():
             assert r["fma.rn.f32"] == 4 * 4 * triton_msda.BLOCK_QUERIES * 32 // threads, r  # points 4, dim 32
         else:
             assert r["fma.rn.f32"] == 0 and r["atom.global"] + r["red.global"] > 0, r
+
+
+def test_a_kernel_failure_names_the_configuration_and_the_way_out(monkeypatch):
+    device = triton_device()
+    samp, ref, _, head_major, (heads, points, h, w) = gather_problem(torch.float32)
+    table = head_major[0].reshape(-1, head_major.shape[-1])
+
+    class Broken:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise IndexError("out of resources")
+            return launch
+
+    monkeypatch.setattr(triton_msda, "_msda_forward_kernel", Broken())
+    s, a, r, t = _on(device, samp, softmax_attention(samp, heads, points), ref, table)
+    with pytest.raises(RuntimeError, match=r"forward kernel failed .* heads=4, points=3, dim=32 .*DDPSEG_TRITON=0"):
+        triton_msda.msda_forward(s, a, r, t, heads, points, h, w)
