@@ -19,6 +19,7 @@ import tempfile
 os.environ.pop("TRITON_INTERPRET", None)
 
 import triton  # noqa: E402
+import triton.backends  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
@@ -48,6 +49,9 @@ UNSUPPORTED = 3
 def main(archs) -> None:
     if "constexprs" not in inspect.signature(ASTSource.__init__).parameters:
         print(f"triton {triton.__version__}: ASTSource takes no constexprs; not supported here", file=sys.stderr)
+        sys.exit(UNSUPPORTED)
+    if "nvidia" not in getattr(triton.backends, "backends", {}):
+        print(f"triton {triton.__version__} has no NVIDIA backend here", file=sys.stderr)
         sys.exit(UNSUPPORTED)
     for kernel_name in ("_msda_forward_kernel", "_msda_backward_kernel"):
         kernel = getattr(triton_msda, kernel_name)
