@@ -217,23 +217,22 @@ def randn_like(t: Tensor, generator: Optional[torch.Generator] = None) -> Tensor
     and everywhere the kernel is unavailable or its first-use check against torch fails (one warning),
     is ``torch.randn_like`` itself.
     """
-    order = _memory_order(t)
-    lib = msda_library() if order is not None else None
+    lib = msda_library() if _drawn_serially(t) else None
     if lib is None or not _normal_check(lib):
         return torch.randn_like(t) if generator is None else torch.empty_like(t).normal_(generator=generator)
     return _replay_normal(lib, t, generator or torch.default_generator)
 
 
-def _memory_order(t: Tensor):
+def _drawn_serially(t: Tensor) -> bool:
     """Whether torch fills ``t`` by its serial path in memory order: float32 on the CPU, not contiguous,
-    and dense (its strides a permutation of a contiguous layout). Returns True then, else None."""
+    and dense (its strides a permutation of a contiguous layout)."""
     if t.device.type != "cpu" or t.dtype != torch.float32 or t.is_contiguous() or t.numel() == 0:
-        return None
+        return False
     expected = 1
     dims = [(stride, size) for size, stride in zip(t.shape, t.stride()) if size != 1]
     for stride, size in sorted(dims):
         if stride != expected:
-            return None
+            return False
         expected *= size
     return True
 
