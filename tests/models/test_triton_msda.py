@@ -29,7 +29,7 @@ def _on(device, *tensors):
 
 @pytest.fixture(autouse=True)
 def _several_programs(monkeypatch):
-    """Blocks of 32 queries as on a GPU, so the interpreter also runs several programs, the last one partial."""
+    """Small blocks (32 queries), so the interpreter runs several programs per head, the last one partial."""
     monkeypatch.setattr(triton_msda, "BLOCK_QUERIES_INTERPRETED", 32)
 
 
