@@ -219,7 +219,7 @@ def randn_like(t: Tensor, generator: Optional[torch.Generator] = None) -> Tensor
     """
     lib = msda_library() if _drawn_serially(t) else None
     if lib is None or not _normal_check(lib):
-        return torch.randn_like(t) if generator is None else torch.empty_like(t).normal_(generator=generator)
+        return torch.empty_like(t).normal_(generator=generator)  # what torch.randn_like(t) does
     return _replay_normal(lib, t, generator or torch.default_generator)
 
 

@@ -83,21 +83,21 @@ def decoder_layer_train(
         ffn.fc2.weight, ffn.fc2.bias,
         layer.norm2.weight, layer.norm2.bias,
     )  # fmt: skip
-    spec = _Spec(shape[0], shape[1], attn.num_heads, attn.num_points, layer.norm1.eps, layer.norm2.eps)
-    spec.kernel = kernels.gather_kernel(x)
-    if x.device.type != "cpu":
-        spec.tokens_per_chunk = TOKENS_PER_CHUNK_GPU
+    spec = _Spec(shape[0], shape[1], attn.num_heads, attn.num_points, layer.norm1.eps, layer.norm2.eps,
+                 kernel=kernels.gather_kernel(x),
+                 tokens_per_chunk=TOKENS_PER_CHUNK if x.device.type == "cpu" else TOKENS_PER_CHUNK_GPU)
     return _FusedLayer.apply(spec, x.contiguous(), pos[0].to(x.dtype), ref[0, :, 0].to(x.dtype), scale, shift, *params)
 
 
 class _Spec:
     """The layer's static sizes (kept out of autograd's tensor arguments)."""
 
-    def __init__(self, height: int, width: int, heads: int, points: int, eps1: float, eps2: float) -> None:
+    def __init__(self, height: int, width: int, heads: int, points: int, eps1: float, eps2: float, kernel,
+                 tokens_per_chunk: int) -> None:
         self.height, self.width, self.heads, self.points = height, width, heads, points
         self.eps1, self.eps2 = eps1, eps2
-        self.kernel = None  # a fused gather kernel (kernels.gather_kernel); its value table is head-major
-        self.tokens_per_chunk = TOKENS_PER_CHUNK
+        self.kernel = kernel  # a fused gather kernel (kernels.gather_kernel) or None; its value table is head-major
+        self.tokens_per_chunk = tokens_per_chunk
 
     def chunks(self) -> List[Tuple[int, int]]:
         rows = max(1, self.tokens_per_chunk // self.width)
