@@ -9,7 +9,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from engine_toys import SimulatedKill, build_toy, make_loader_fn, toy_config  # noqa: E402
-from ddpseg.engine.distributed import destroy_distributed, init_distributed  # noqa: E402
+from ddpseg.engine.distributed import destroy_distributed, exit_worker, init_distributed  # noqa: E402
 from ddpseg.engine.rng import seed_everything  # noqa: E402
 from ddpseg.engine.trainer import train  # noqa: E402
 
@@ -46,6 +46,7 @@ def main(work_dir: str) -> None:
                   work_dir=work_dir, seed=seed, resume="auto", eval_fn=eval_fn, tensorboard=False, progress=False)
     torch.save(model.state_dict(), Path(work_dir) / f"rank{info.rank}.pt")
     destroy_distributed()
+    exit_worker(0)  # as `ddpseg train` ends its workers: gloo's C++ teardown sometimes aborts at interpreter exit
 
 
 if __name__ == "__main__":

@@ -8,10 +8,12 @@ gloo on CPU.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import NoReturn, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -106,6 +108,19 @@ def barrier() -> None:
 def destroy_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_worker(code: int) -> NoReturn:
+    """End a torchrun worker whose work is written and whose process group is destroyed, skipping interpreter teardown.
+
+    In 2 of ~25 two-process CPU (gloo) test runs, rank 0 aborted at interpreter exit after a complete run
+    ("terminate called without an active exception", from torch's C++ teardown, after destroy_process_group), and
+    torchrun then reported the whole job as failed. Nothing is left to do here, so the process flushes and exits.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _collective_device() -> torch.device:
