@@ -50,3 +50,20 @@ def test_benchmark_command_prints_its_table_and_which_gather_ran(capsys, monkeyp
     assert f"note: deformable gather: {expected}" in out
     if switch == "0":
         assert expected == "portable PyTorch"
+
+
+def test_gather_kernel_benchmark_times_both_paths_and_checks_the_kernel_against_portable(capsys):
+    import runpy
+
+    from ddpseg import native
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gather_kernels.py"
+    main = runpy.run_path(str(script))["main"]
+    assert main(["--device", "cpu", "--size", "9", "13", "--heads", "2", "--points", "3", "--dim", "8",
+                 "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| portable (corners + embedding_bag) |" in out
+    if native.usable(torch.zeros(1)):
+        assert "| native CPU kernel |" in out
+        if native.msda_library().ddpseg_msda_has_fma():  # bit-equal there (tests/models/test_native.py)
+            assert "max |forward − portable| 0 |" in out
