@@ -98,3 +98,31 @@ def test_package_load_pretrained_dispatches_on_the_backbone_type():
         assert load_pretrained(model, {"model": model.state_dict()}, strict=True).complete
     with pytest.raises(TypeError, match="no converter for Linear"):
         load_pretrained(torch.nn.Linear(2, 2), {})
+
+
+_TINY_SWIN = dict(type="SwinTransformer", embed_dims=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], window_size=7)
+
+
+def test_training_build_initialises_swin_from_scratch_like_the_originals_init_weights():
+    """tools/train.py of the original calls model.init_weights(): without a checkpoint, mmseg's Swin gets truncated
+    normal (std 0.02) Linear weights and zero biases, not PyTorch's defaults; a test/demo build leaves them."""
+    from ddpseg.models.build import build_backbone
+
+    torch.manual_seed(0)
+    trained = build_backbone(dict(_TINY_SWIN, init_cfg=None), load_pretrained=True)
+    plain = build_backbone(dict(_TINY_SWIN, init_cfg=None), load_pretrained=False)
+    for name, module in trained.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            assert abs(module.weight.std().item() - 0.02) < 0.004, name
+            assert module.bias is None or not module.bias.any(), name
+    fc = dict(plain.named_modules())["stages.0.blocks.0.ffn.layers.1"]
+    assert fc.bias.abs().max().item() > 0  # PyTorch's default init, untouched
+
+
+def test_backbone_pretrained_and_empty_pretrained_init_cfg_are_config_errors():
+    from ddpseg.models.build import ModelConfigError, build_backbone
+
+    with pytest.raises(ModelConfigError, match=r"model\.backbone\.pretrained is deprecated.*init_cfg"):
+        build_backbone(dict(_TINY_SWIN, pretrained="swin.pth"))
+    with pytest.raises(ModelConfigError, match=r"init_cfg is dict\(type='Pretrained'\) without a checkpoint"):
+        build_backbone(dict(_TINY_SWIN, init_cfg=dict(type="Pretrained", checkpoint=None)), load_pretrained=True)

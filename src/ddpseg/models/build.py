@@ -59,21 +59,37 @@ BACKBONES: Dict[str, Callable[..., nn.Module]] = {
 
 
 def build_backbone(cfg: Mapping[str, Any], load_pretrained: bool = False) -> nn.Module:
-    """Build a backbone; with ``load_pretrained`` also load ``init_cfg=dict(type='Pretrained', checkpoint=...)``."""
+    """Build a backbone. With ``load_pretrained`` (training), also initialise it as the original's
+    ``model.init_weights()`` does: load ``init_cfg=dict(type='Pretrained', checkpoint=...)``, or without
+    one, the backbone's from-scratch init (Swin: mmseg's truncated normal; mmcls 0.x ConvNeXt has none and
+    keeps PyTorch's defaults)."""
     cfg = _plain(cfg)
     kind = cfg.pop("type", None)
     if kind not in BACKBONES:
         raise ModelConfigError(f"model.backbone.type: unknown backbone {kind!r}; known: {sorted(BACKBONES)}")
     init_cfg = cfg.pop("init_cfg", None)
-    cfg.pop("pretrained", None)
+    if cfg.pop("pretrained", None) is not None:
+        raise ModelConfigError("model.backbone.pretrained is deprecated (and not an mmcls ConvNeXt argument); use "
+                               "model.backbone.init_cfg=dict(type='Pretrained', checkpoint=...)")
     try:
         backbone = BACKBONES[kind](**cfg)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ModelConfigError(f"model.backbone ({kind}): {err}") from None
+    if load_pretrained and not (init_cfg and init_cfg.get("type") == "Pretrained"):
+        from .backbones.swin import SwinTransformer
+
+        if isinstance(backbone, SwinTransformer):
+            backbone.init_weights()
     if load_pretrained and init_cfg and init_cfg.get("type") == "Pretrained":
         from .backbones import load_pretrained as _load
 
         checkpoint = init_cfg.get("checkpoint")
+        if checkpoint is None:
+            raise ModelConfigError(
+                "model.backbone.init_cfg is dict(type='Pretrained') without a checkpoint: pass the ImageNet weights "
+                "with --cfg-options model.backbone.init_cfg.checkpoint=/path/to/file.pth, or set "
+                "model.backbone.init_cfg=None to train the backbone from scratch"
+            )
         if isinstance(checkpoint, str) and checkpoint.startswith(("http://", "https://")):
             raise ModelConfigError(
                 f"model.backbone.init_cfg.checkpoint is a URL ({checkpoint}); ddpseg never downloads at run time. "
