@@ -41,6 +41,47 @@ def test_interrupted_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one(
     assert torch.equal(straight_state["rng"][0]["torch"], resumed_state["rng"][0]["torch"])
 
 
+def test_a_failing_evaluation_loses_no_training_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    cfg = toy_config(max_iters=12)
+    straight = run(cfg, tmp_path / "straight", eval_fn=scores_eval_fn(SCORES))
+    good = scores_eval_fn(SCORES)
+
+    def failing_at_8(model, iteration):
+        if iteration == 8:
+            raise OSError("val image 3: truncated or corrupt image file")
+        return good(model, iteration)
+
+    with pytest.raises(OSError, match="truncated"):
+        run(cfg, tmp_path / "resumed", eval_fn=failing_at_8)
+    kept = load_checkpoint(tmp_path / "resumed")  # the checkpoint due at 8 was written before evaluating
+    assert kept["iter"] == 8 and kept["meta"]["hook_msgs"]["best_iter"] == 4
+    log = next((tmp_path / "resumed").glob("*.log")).read_text()
+    assert "evaluation at iteration 8 failed; checkpoint iter_8 holds the training so far" in log
+    resumed = run(cfg, tmp_path / "resumed", eval_fn=good, resume="auto")
+    assert_same_weights(straight, resumed)
+
+
+def test_a_checkpoint_at_an_evaluation_iteration_records_that_evaluation(tmp_path):
+    run(toy_config(max_iters=8), tmp_path, eval_fn=scores_eval_fn(SCORES))
+    hook_msgs = load_checkpoint(tmp_path / "iter_8.json")["meta"]["hook_msgs"]
+    assert (hook_msgs["best_iter"], hook_msgs["best_score"]) == (8, 0.7)  # saved again after evaluating
+
+
+def test_a_resumed_run_replaces_the_records_the_interrupted_run_wrote_past_its_checkpoint(tmp_path):
+    cfg = toy_config(max_iters=8)
+    run(cfg, tmp_path / "straight", eval_fn=scores_eval_fn(SCORES))
+    with pytest.raises(SimulatedKill):
+        run(cfg, tmp_path / "resumed", eval_fn=scores_eval_fn(SCORES), loader_fn=make_loader_fn(kill_at=7))
+
+    def records(work_dir):
+        lines = (work_dir / "metrics.jsonl").read_text().splitlines()
+        return [(r["mode"], r["iter"], r.get("loss"), r.get("mIoU")) for r in map(json.loads, lines)]
+
+    assert ("train", 6) in [r[:2] for r in records(tmp_path / "resumed")]  # written past checkpoint iter_4
+    run(cfg, tmp_path / "resumed", eval_fn=scores_eval_fn(SCORES), resume="auto")
+    assert records(tmp_path / "resumed") == records(tmp_path / "straight")
+
+
 def test_training_writes_logs_metrics_best_and_last_k_checkpoints(tmp_path):
     cfg = toy_config(max_iters=16, checkpoint_config=dict(by_epoch=False, interval=4, max_keep_ckpts=2))
     run(cfg, tmp_path, eval_fn=scores_eval_fn(SCORES), tensorboard=True, meta={"CLASSES": ("a", "b", "c")})

@@ -23,6 +23,8 @@ from typing import Any, Optional
 
 from tqdm import tqdm
 
+from ddpseg.atomic import atomic_write
+
 LOGGER_NAME = "ddpseg"
 
 
@@ -31,6 +33,25 @@ class _TqdmHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _drop_records_after(path: Path, iteration: int) -> int:
+    """Rewrite ``path`` (atomically) without the records of iterations after ``iteration``: a resumed run
+    writes them again. Returns how many were dropped."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            later = int(json.loads(line).get("iter", 0)) > iteration
+        except (ValueError, TypeError, AttributeError):  # not a record of ours: keep it as it is
+            later = False
+        if not later:
+            kept.append(line)
+    if len(kept) < len(lines):
+        atomic_write(path, lambda tmp: tmp.write_text("".join(kept), encoding="utf-8"))
+    return len(lines) - len(kept)
 
 
 class TrainLogger:
@@ -75,6 +96,10 @@ class TrainLogger:
             self.logger.addHandler(handler)
             self._handlers.append(handler)
         self.logger.propagate = False
+        dropped = _drop_records_after(self.work_dir / "metrics.jsonl", start_iter) if start_iter > 0 else 0
+        if dropped:
+            self.info(f"metrics.jsonl: dropped {dropped} records after iteration {start_iter}, written by the "
+                      "interrupted run past the checkpoint resumed from (its text log keeps them)")
         self._jsonl = open(self.work_dir / "metrics.jsonl", "a", encoding="utf-8")
         if tensorboard:
             self._tb = _open_tensorboard(self.work_dir / "tf_logs", self.logger)

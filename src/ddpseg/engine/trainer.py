@@ -26,6 +26,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -36,10 +37,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ddpseg.runtime import AMP_CHOICES, speed_up_encoder
+from ddpseg.safe_config import UnsafeConfigError, parse_config_text
 from ddpseg.engine.checkpoint import (
     CheckpointError,
     PathLike,
     check_resumable,
+    config_diff,
     find_latest,
     load_checkpoint,
     load_weights,
@@ -199,6 +202,11 @@ def train(
         checkpoint = load_checkpoint(resume, with_training_state=True)
         check_resumable(checkpoint, model, model_config)
         model.load_state_dict(checkpoint["state_dict"])
+        changed = _changed_training_settings(checkpoint.get("config"), cfg)
+        if changed and main:
+            warnings.warn(f"resuming from {checkpoint['path']} with training settings that differ from the run's, so "
+                          "this is not an exact continuation:\n  " + "\n  ".join(changed[:12])
+                          + (f"\n  ... {len(changed) - 12} more" if len(changed) > 12 else ""), stacklevel=2)
     elif load_from is not None:
         load_weights(model, load_from, filter_fn=weights_filter)
 
@@ -307,8 +315,21 @@ def train(
                 values["memory"] = all_reduce_max(torch.cuda.max_memory_allocated(device) / 2**20)
             log.update(iteration, values, lrs[0])
 
-            if eval_fn is not None and settings.eval_interval > 0 and iteration % settings.eval_interval == 0:
-                metrics = _evaluate(model, eval_fn, iteration)
+            interval = settings.checkpoint_interval
+            due = (interval > 0 and iteration % interval == 0) or (settings.save_last and iteration == settings.max_iters)
+            evaluating = eval_fn is not None and settings.eval_interval > 0 and iteration % settings.eval_interval == 0
+            if due and evaluating:
+                # saved before evaluating too (mmcv's checkpoint hook runs before its eval hook): an evaluation
+                # that fails (a bad validation image, out of memory) loses no training; saved again below
+                save(f"iter_{iteration}", iteration, latest=True)
+            if evaluating:
+                try:
+                    metrics = _evaluate(model, eval_fn, iteration)
+                except Exception:
+                    if due:
+                        log.info(f"evaluation at iteration {iteration} failed; checkpoint iter_{iteration} holds "
+                                 "the training so far (continue with --resume)")
+                    raise
                 log.log_val(iteration, metrics)
                 name = _new_best_name(metrics, iteration, settings, hook_msgs, main)
                 if name is not None:
@@ -320,13 +341,36 @@ def train(
                             # only ever in this run's work dir: a run resumed elsewhere leaves the old dir alone
                             remove_checkpoint(work_dir, Path(previous).name[: -len(".json")])
                         log.info(f"best {hook_msgs['best_key']} {hook_msgs['best_score']:.4f}: saved {name}")
-            interval = settings.checkpoint_interval
-            if (interval > 0 and iteration % interval == 0) or (settings.save_last and iteration == settings.max_iters):
+            if due:  # (again, after an evaluation: its hook_msgs then hold this evaluation's best score)
                 save(f"iter_{iteration}", iteration, latest=True)
                 log.info(f"saved checkpoint iter_{iteration}")
             end = time.perf_counter()
         log.info("training finished")
     return model
+
+
+# what decides the training trajectory besides the model (which check_resumable enforces)
+_TRAJECTORY_SECTIONS = ("optimizer", "optimizer_config", "lr_config", "runner")
+_TRAJECTORY_DATA_KEYS = ("samples_per_gpu", "train", "train_dataloader")
+
+
+def _changed_training_settings(stored_text: Optional[str], cfg: Mapping[str, Any]) -> list[str]:
+    """Differences in optimizer, schedule, runner and training data between a checkpoint's stored config and
+    ``cfg`` (empty when the stored text is missing or not a plain config dump)."""
+    if not stored_text:
+        return []
+    try:
+        stored = parse_config_text(stored_text, "checkpoint config")
+        current = parse_config_text(config_text(cfg), "current config")
+    except UnsafeConfigError:
+        return []
+    changes = []
+    for section in _TRAJECTORY_SECTIONS:
+        changes += config_diff(stored.get(section), current.get(section), section)
+    stored_data, current_data = stored.get("data") or {}, current.get("data") or {}
+    for key in _TRAJECTORY_DATA_KEYS:
+        changes += config_diff(stored_data.get(key), current_data.get(key), f"data.{key}")
+    return changes
 
 
 def _no_forward_buffer_sync() -> dict[str, bool]:
