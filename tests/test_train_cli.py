@@ -89,7 +89,7 @@ def test_train_cli_loss_falls_and_writes_checkpoints_logs_metrics_and_config(tra
     assert meta["seed"] == 3 and len(meta["CLASSES"]) == 19 and meta["exp_name"] == Path(CONFIG).name
 
 
-def test_resume_from_the_middle_checkpoint_ends_bit_identical(trained, tmp_path, data_root, capsys):
+def test_resume_from_the_middle_checkpoint_ends_bit_identical(trained, tmp_path, data_root, capsys, recwarn):
     half = ITERS // 2
     resumed = tmp_path / "resumed"
     resumed.mkdir()
@@ -104,6 +104,29 @@ def test_resume_from_the_middle_checkpoint_ends_bit_identical(trained, tmp_path,
     logged = [[(r["iter"], r["lr"], r["loss"]) for r in train_records(w)] for w in (trained, resumed)]
     assert logged[1] == logged[0][half:]
     assert f"resumed from {resumed / f'iter_{half}.json'} at iteration {half}" in capsys.readouterr().err
+    assert not [w for w in recwarn if "not an exact continuation" in str(w.message)]
+
+
+def test_a_new_run_refuses_a_work_dir_that_holds_another_run(trained, data_root, capsys):
+    before = {p.name: p.stat().st_mtime_ns for p in trained.iterdir()}
+    assert train_cli(trained, "--seed", "4", options=tiny_options(data_root)) == 1
+    err = capsys.readouterr().err
+    assert f"work dir {trained} already holds a training run (latest checkpoint: iter_{ITERS}.json)" in err
+    assert "--resume" in err
+    assert {p.name: p.stat().st_mtime_ns for p in trained.iterdir()} == before  # nothing written or pruned
+
+
+def test_resume_with_changed_training_settings_warns_naming_them(trained, tmp_path, data_root, recwarn):
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    for file in trained.glob(f"iter_{ITERS // 2}.*"):
+        shutil.copy(file, resumed / file.name)
+    options = [*tiny_options(data_root), "optimizer.lr=0.003", "data.samples_per_gpu=2"]
+    assert train_cli(resumed, "--resume", str(resumed / f"iter_{ITERS // 2}.json"), options=options) == 0
+    messages = [str(w.message) for w in recwarn if "not an exact continuation" in str(w.message)]
+    assert len(messages) == 1, [str(w.message) for w in recwarn]
+    assert "optimizer.lr: 0.002 in the checkpoint, 0.003 now" in messages[0]
+    assert "data.samples_per_gpu: 1 in the checkpoint, 2 now" in messages[0]
 
 
 def test_resume_refuses_a_checkpoint_of_another_config(trained, tmp_path, data_root, capsys):
@@ -262,3 +285,12 @@ def test_bad_speedups_section_names_the_key(tmp_path, data_root, capsys):
     options = [*tiny_options(data_root), "speedups.chanels_last=True"]
     assert train_cli(tmp_path / "w", options=options) == 1
     assert "unknown key(s) ['chanels_last'] in speedups" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script, args", [("dist_train.sh", ["cfg.py", "two"]), ("dist_train.sh", ["cfg.py", "w/iter_4.json"]),
+                                          ("dist_test.sh", ["cfg.py", "ck.json", "0"])])
+def test_dist_scripts_refuse_a_process_count_that_is_not_a_positive_number(script, args):
+    tools = Path(__file__).resolve().parents[1] / "tools"
+    result = subprocess.run(["bash", str(tools / script), *args], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "must be a number" in result.stderr and f"got '{args[-1]}'" in result.stderr

@@ -12,6 +12,11 @@ config="$1"
 checkpoint="$2"
 nproc="$3"
 shift 3
+if ! [[ "$nproc" =~ ^[1-9][0-9]*$ ]]; then
+    echo "$0: NUM_PROCESSES (the 3rd argument) must be a number ≥ 1, got '$nproc'" >&2
+    echo "usage: bash $0 CONFIG CHECKPOINT NUM_PROCESSES [options of tools/test.py]" >&2
+    exit 2
+fi
 here="$(cd "$(dirname "$0")" && pwd)"
 
 PYTHONPATH="$here/../src${PYTHONPATH:+:$PYTHONPATH}" exec "${PYTHON:-python}" -m torch.distributed.run \

@@ -14,6 +14,11 @@ if [ "$#" -lt 2 ]; then
     echo "usage: bash $0 CONFIG GPUS [options of tools/train.py]" >&2
     exit 2
 fi
+if ! [[ "$GPUS" =~ ^[1-9][0-9]*$ ]]; then
+    echo "$0: GPUS (the 2nd argument) must be a number of processes ≥ 1, got '$GPUS'" >&2
+    echo "usage: bash $0 CONFIG GPUS [options of tools/train.py]" >&2
+    exit 2
+fi
 
 PYTHONPATH="$(dirname "$0")/../src${PYTHONPATH:+:$PYTHONPATH}" \
 "${PYTHON:-python}" -m torch.distributed.run \

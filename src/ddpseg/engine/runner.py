@@ -27,6 +27,7 @@ from ddpseg.convert import convert_official_state_dict, is_official_state_dict
 from ddpseg.data.build import build_dataset
 from ddpseg.data.loader import make_train_loader_fn
 from ddpseg.engine.checkpoint import (
+    LATEST_NAME,
     CheckpointError,
     PathLike,
     resolve_checkpoint_meta,
@@ -164,6 +165,21 @@ def _say(message: str, main: bool) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def _refuse_to_overwrite_a_run(work_dir: Path, resume: Optional[PathLike], load_from: Optional[PathLike]) -> None:
+    """A new run (no resume) in a work dir that holds another run's checkpoints would overwrite and prune them."""
+    if resume is not None or not work_dir.is_dir():
+        return
+    try:
+        latest = find_latest(work_dir)
+    except CheckpointError:  # a broken pointer still marks a run that is there
+        latest = work_dir / LATEST_NAME
+    if latest is None:
+        return
+    hint = "" if load_from is not None else ", start from its weights with --load-from CKPT"
+    raise OutputError(f"work dir {work_dir} already holds a training run (latest checkpoint: {latest.name}); a new "
+                      f"run there would overwrite it. Continue it with --resume{hint}, or pass another --work-dir")
+
+
 def run_training(
     cfg: Config,
     *,
@@ -228,6 +244,7 @@ def run_training(
     error: Optional[Exception] = None
     if main:
         try:
+            _refuse_to_overwrite_a_run(work_dir, resume, load_from)
             check_output_dir(work_dir, "work dir")
             cfg.dump(work_dir / (Path(cfg.filename).name if cfg.filename else "config.py"))
         except (OSError, ConfigError) as err:
