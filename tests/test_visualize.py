@@ -64,6 +64,26 @@ def test_bad_palettes_raise_clear_errors(tmp_path):
     (tmp_path / "bad.txt").write_text("1 2 x\n")
     with pytest.raises(ValueError, match="line 1"):
         get_palette(tmp_path / "bad.txt")
+    (tmp_path / "two_values.txt").write_text("1 2 3\n4 5\n")
+    with pytest.raises(ValueError, match=r"two_values.txt, line 2: expected 'R G B'"):
+        get_palette(tmp_path / "two_values.txt")
+
+
+def test_a_palette_file_with_too_few_colours_is_named_with_both_counts(tmp_path):
+    short = tmp_path / "five.txt"
+    short.write_text("\n".join(f"{i} {i} {i}" for i in range(5)) + "\n")
+    with pytest.raises(ValueError) as err:
+        get_palette(short, num_classes=19)
+    assert str(short) in str(err.value) and "5 colours" in str(err.value) and "19 colours are needed" in str(err.value)
+    (tmp_path / "short.json").write_text("[[1, 2, 3]]")
+    with pytest.raises(ValueError, match=r"palette file .*short\.json has 1 colour but 2 classes"):
+        get_palette(str(tmp_path / "short.json"), num_classes=2)
+    (tmp_path / "ragged.json").write_text("[[1, 2, 3], [4, 5]]")
+    with pytest.raises(ValueError, match=r"palette file .*ragged\.json must be a list of \[R, G, B\] triples"):
+        get_palette(tmp_path / "ragged.json")
+    (tmp_path / "range.json").write_text("[[1, 2, 300]]")
+    with pytest.raises(ValueError, match=r"palette file .*range\.json: colours must be integers in 0..255"):
+        get_palette(tmp_path / "range.json")
 
 
 def test_colorize_paints_classes_and_leaves_ignore_black():

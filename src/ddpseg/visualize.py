@@ -43,7 +43,10 @@ def random_palette(num_classes: int, seed: int = 42) -> np.ndarray:
 
 
 def _read_palette_file(path: Path) -> list:
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"palette file {path}: not a text file (expected .json or 'R G B' lines)") from None
     if path.suffix.lower() == ".json":
         try:
             return json.loads(text)
@@ -55,11 +58,14 @@ def _read_palette_file(path: Path) -> list:
         if not line:
             continue
         try:
-            rows.append([int(v) for v in line.split()])
+            row = [int(v) for v in line.split()]
         except ValueError:
+            row = []
+        if len(row) != 3:
             raise ValueError(
                 f"palette file {path}, line {line_no}: expected 'R G B' integers, got {line!r}"
-            ) from None
+            )
+        rows.append(row)
     return rows
 
 
@@ -78,12 +84,15 @@ def get_palette(palette: PaletteSpec, num_classes: Optional[int] = None) -> np.n
         if num_classes is None:
             raise ValueError("a random palette needs num_classes")
         return random_palette(num_classes)
+    source = "palette"  # how the messages below name it
     if isinstance(palette, (str, os.PathLike)):
         key = os.fspath(palette)
         if isinstance(palette, str) and key.lower() in _NAMED_PALETTES:
             colours = _NAMED_PALETTES[key.lower()]
+            source = f"palette {key!r}"
         elif Path(key).is_file():
             colours = _read_palette_file(Path(key))
+            source = f"palette file {key}"
         else:
             raise ValueError(
                 f"unknown palette {key!r}: expected one of {sorted(_NAMED_PALETTES)}, 'random', "
@@ -91,15 +100,20 @@ def get_palette(palette: PaletteSpec, num_classes: Optional[int] = None) -> np.n
             )
     else:
         colours = palette
-    array = np.asarray(colours)
+    try:
+        array = np.asarray(colours)
+    except ValueError:  # ragged rows
+        raise ValueError(f"{source} must be a list of [R, G, B] triples") from None
     if array.ndim != 2 or array.shape[1] != 3 or array.shape[0] == 0:
-        raise ValueError(f"palette must be a list of [R, G, B] triples, got shape {array.shape}")
+        raise ValueError(f"{source} must be a list of [R, G, B] triples, got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.integer) or array.min() < 0 or array.max() > 255:
-        raise ValueError("palette colours must be integers in 0..255")
+        raise ValueError(f"{source}: colours must be integers in 0..255")
     if num_classes is not None:
         if len(array) < num_classes:
             raise ValueError(
-                f"palette has {len(array)} colours but {num_classes} classes were asked for"
+                f"{source} has {len(array)} colour{'' if len(array) == 1 else 's'} but {num_classes} "
+                "classes were asked for: "
+                f"{num_classes} colours are needed, one per class"
             )
         array = array[:num_classes]
     return array.astype(np.uint8)
