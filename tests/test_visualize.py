@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,9 @@ from PIL import Image
 from ddpseg.visualize import (
     colorize,
     entropy,
+    check_image_extension,
     get_palette,
+    image_extensions,
     overlay,
     plot_training_curves,
     save_image,
@@ -165,6 +168,25 @@ def test_save_image_round_trip_is_rgb(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["red.png"]
     with pytest.raises(ValueError, match="uint8"):
         save_image(tmp_path / "f.png", rgb.astype(np.float32))
+
+
+def test_save_image_names_the_path_when_opencv_cannot_write_it(tmp_path):
+    rgb = np.zeros((4, 5, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"cannot write .*out\.xyz: OpenCV has no writer for extension '\.xyz'; use one of \.png \.jpg"):
+        save_image(tmp_path / "out.xyz", rgb)  # cv2.imencode raises cv2.error here rather than returning False
+    with pytest.raises(ValueError, match=r"cannot write .*gray\.pgm: OpenCV could not encode a 4x5x3 image as '\.pgm'"):
+        save_image(tmp_path / "gray.pgm", rgb)  # a writer that exists but takes only gray images
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_image_extensions_are_the_writable_colour_formats_and_checked_case_blind():
+    extensions = image_extensions()
+    assert {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"} <= set(extensions)
+    assert ".pgm" not in extensions and ".xyz" not in extensions  # gray-only, unknown
+    assert check_image_extension("a/b.PNG") == Path("a/b.PNG")
+    assert check_image_extension("no_extension") == Path("no_extension")  # written as PNG
+    with pytest.raises(ValueError, match=r"^overlay out\.xyz: cannot write images with extension '\.xyz'; use one of \.png"):
+        check_image_extension("out.xyz", "overlay")
 
 
 def test_plot_training_curves_writes_a_png(tmp_path):

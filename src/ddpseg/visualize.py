@@ -6,6 +6,7 @@ at the OpenCV calls. Label maps are integer (H, W) arrays of class indices.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -248,8 +249,42 @@ def _write_atomic(path: PathLike, write: Callable[[str], None]) -> Path:
     return atomic_write(path, lambda tmp: write(str(tmp)), keep_suffix=True)
 
 
+# Formats OpenCV can write an 8-bit colour image to (not the gray-only .pgm/.pbm, nor the float .hdr/.pfm);
+# image_extensions() keeps those this OpenCV build has a writer for.
+_COLOUR_IMAGE_EXTENSIONS = (
+    ".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".dib", ".tif", ".tiff", ".webp",
+    ".jp2", ".avif", ".gif", ".ppm", ".pnm", ".sr", ".ras",
+)
+
+
+@functools.lru_cache(maxsize=None)
+def image_extensions() -> tuple[str, ...]:
+    """The file extensions :func:`save_image` can write an RGB image to with the installed OpenCV."""
+    have_writer = getattr(cv2, "haveImageWriter", None)
+    if have_writer is None:  # an OpenCV without the query: assume its usual formats
+        return _COLOUR_IMAGE_EXTENSIONS
+    return tuple(ext for ext in _COLOUR_IMAGE_EXTENSIONS if have_writer("x" + ext))
+
+
+def check_image_extension(path: PathLike, what: str = "output file") -> Path:
+    """Raise ``ValueError`` naming ``path`` unless its extension is one :func:`image_extensions` lists.
+
+    A path without an extension passes: :func:`save_image` writes it as PNG.
+    """
+    path = Path(path)
+    if path.suffix and path.suffix.lower() not in image_extensions():
+        raise ValueError(
+            f"{what} {path}: cannot write images with extension {path.suffix!r}; "
+            f"use one of {' '.join(image_extensions())}"
+        )
+    return path
+
+
 def save_image(path: PathLike, rgb: np.ndarray) -> Path:
-    """Write an RGB (or gray) uint8 image atomically; the format follows the file extension."""
+    """Write an RGB (or gray) uint8 image atomically; the format follows the file extension (none: PNG).
+
+    An extension OpenCV cannot write, or an image its encoder refuses, is a ``ValueError`` naming the path.
+    """
     image = np.asarray(rgb)
     is_rgb = image.ndim == 3 and image.shape[2] == 3
     if image.dtype != np.uint8 or not (image.ndim == 2 or is_rgb):
@@ -258,9 +293,22 @@ def save_image(path: PathLike, rgb: np.ndarray) -> Path:
         )
     ext = Path(path).suffix or ".png"
     data = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(ext, data)
+    try:
+        ok, encoded = cv2.imencode(ext, data)
+        reason = "the encoder failed"
+    except cv2.error as err:  # OpenCV raises (rather than returning False) for an unknown extension
+        ok, reason = False, (getattr(err, "err", None) or str(err)).strip().splitlines()[-1]
     if not ok:
-        raise ValueError(f"{path}: OpenCV cannot encode images with extension {ext!r}")
+        have_writer = getattr(cv2, "haveImageWriter", None)
+        if have_writer is not None and not have_writer("x" + ext):
+            raise ValueError(
+                f"cannot write {path}: OpenCV has no writer for extension {ext!r}; "
+                f"use one of {' '.join(image_extensions())}"
+            )
+        raise ValueError(
+            f"cannot write {path}: OpenCV could not encode a {'x'.join(map(str, image.shape))} image "
+            f"as {ext!r} ({reason})"
+        )
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
