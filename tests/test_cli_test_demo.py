@@ -351,6 +351,44 @@ def test_demo_refuses_to_overwrite_an_input_image_before_loading_the_model(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep_labels.png", "link.png", "m2", "single.png"]
 
 
+def test_demo_refuses_an_output_extension_opencv_cannot_write_before_loading_the_model(tmp_path, capsys):
+    image = tmp_path / "img.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "image_demo.py"), str(image), "missing_config.py", "missing.pth", str(tmp_path / "out.xyz")],
+        capture_output=True, text=True, timeout=120, env=_env(),
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"output file {tmp_path / 'out.xyz'}: cannot write images with extension '.xyz'" in proc.stderr
+    assert "use one of .png .jpg .jpeg" in proc.stderr and ".tif" in proc.stderr and "missing_config" not in proc.stderr
+    code, _, err = run_cli(["demo", str(image), "missing_config.py", "missing.pth", "--out-file", str(tmp_path / "o.XYZ")], capsys)
+    assert code == 1 and "extension '.XYZ'" in err and "missing_config" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.png"]
+
+
+def test_a_malformed_palette_file_is_reported_before_loading_the_model(tmp_path, capsys):
+    image = tmp_path / "img.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    palette = tmp_path / "bad.txt"
+    palette.write_text("1 2 3\n4 5\n")
+    argv = ["demo", str(image), "missing_config.py", "missing.pth", str(tmp_path / "o.png"), "--palette", str(palette)]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 1 and f"palette file {palette}, line 2" in err and "missing_config" not in err
+
+
+def test_demo_palette_file_with_too_few_colours_names_the_file_and_both_counts(trained, tmp_path, capsys):
+    config, checkpoint = trained
+    image = tmp_path / "img.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    palette = tmp_path / "five.json"
+    palette.write_text(json.dumps([[i, i, i] for i in range(5)]))
+    argv = ["demo", str(image), str(config), str(checkpoint), str(tmp_path / "o.png"), "--palette", str(palette)]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert f"palette file {palette} has 5 colours but 19 classes were asked for: 19 colours are needed" in err
+    assert not (tmp_path / "o.png").exists()
+
+
 def test_demo_on_a_folder_gives_images_sharing_a_stem_distinct_outputs(trained, tmp_path, capsys):
     config, checkpoint = trained
     images = tmp_path / "m2"

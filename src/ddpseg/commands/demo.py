@@ -6,7 +6,8 @@ palette PNG: pixel value = class, viewers show the colours) and, with ``--uncert
 folder, OUT is a folder and every image below IMAGE gets its files there under the same relative path,
 as ``<name>.png``; images whose files would share a name (``a.png`` and ``a.jpg``) keep their extension
 instead (``a.png.png``, ``a.jpg.png``, ``a.jpg_labels.png`` ...), so no file is written twice.
-Before loading the model the demo checks that no output would replace an input image. The arguments of the original's ``image_demo.py`` work unchanged
+Before loading the model the demo checks that OUT has an extension OpenCV can write and that no output
+would replace an input image. The arguments of the original's ``image_demo.py`` work unchanged
 (``--out-file``, ``--device``, ``--palette``, ``--opacity``).
 """
 
@@ -31,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "out",
         nargs="?",
-        help="output image file for one image (default IMG_STEM_pred.png), or "
+        help="output image file for one image (.png .jpg .bmp .tif .webp ...; default IMG_STEM_pred.png), or "
         "output folder for a folder of images (default demo_out): each image gets <relative path>.png there, "
         "or <relative path with its extension>.png (a.jpg.png) where two images share a name. "
         "Outputs never replace an input image",
@@ -118,10 +119,11 @@ def _refuse_to_overwrite_inputs(images: list[Path], outputs: list[Path], what: s
 
 
 def _jobs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
-    """(input image, output overlay path) pairs. Checked before any work: the outputs are writable,
-    are all distinct and none replaces an input image."""
+    """(input image, output overlay path) pairs. Checked before any work: the outputs are writable, have an
+    image extension OpenCV can write, are all distinct and none replaces an input image."""
     from ..data.image_io import DataError
     from ..engine.outputs import check_output_dir, check_output_file
+    from ..visualize import check_image_extension
 
     source = Path(args.img)
     out: Optional[str] = args.out or args.out_file
@@ -140,6 +142,8 @@ def _jobs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
     if not source.exists():
         raise DataError(f"{source}: file not found")
     out_file = Path(out) if out else Path(f"{source.stem}_pred.png")
+    if not out_file.is_dir():  # a folder is check_output_file's to report
+        check_image_extension(out_file, "output file")
     _refuse_to_overwrite_inputs([source], _output_files(out_file, args.uncertainty), "output file")
     check_output_file(out_file, "output file")
     return [(source, out_file)]
@@ -172,6 +176,8 @@ def _demo(args: argparse.Namespace) -> int:
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     jobs = _jobs(args)
+    if args.palette is not None and args.palette.lower() != "random":
+        get_palette(args.palette)  # a missing or malformed palette is reported before loading the model
     device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     model = init_model(args.config, args.checkpoint, device=device)
     speedups = speedup_settings(model.cfg, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
