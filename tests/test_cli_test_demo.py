@@ -325,3 +325,109 @@ def test_demo_applies_the_configs_speedups_section_and_flags_win(trained, tmp_pa
         assert code == 0, err
     assert seen == [dict(channels_last=True, compile=False), dict(channels_last=True, compile=True)]
     assert amps == ["bf16", "fp16"]
+
+
+def test_demo_refuses_to_overwrite_an_input_image_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    for name in ("single.png", "keep_labels.png", "m2/a.png", "m2/a.jpg", "m2/sub/b.png"):
+        Path(name).parent.mkdir(exist_ok=True)
+        cv2.imwrite(name, rng.integers(0, 255, (6, 8, 3), dtype=np.uint8))
+    os.symlink("single.png", "link.png")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*.*") if not p.is_symlink()}
+    cases = [
+        (["single.png", "single.png"], "output single.png would overwrite the input image single.png"),
+        (["single.png", "elsewhere/../single.png"], "output elsewhere/../single.png would overwrite the input image single.png"),
+        (["single.png", "--out-file", "link.png"], "output link.png would overwrite the input image single.png"),
+        (["keep_labels.png", "keep.png"], "output keep_labels.png would overwrite the input image keep_labels.png"),
+        (["m2", "m2"], "output m2/sub/b.png would overwrite the input image m2/sub/b.png"),  # a.* get a.png.png, a.jpg.png
+        (["m2", str(tmp_path / "m2" / "sub" / ".."), "--uncertainty"], "would overwrite the input image m2/sub/b.png"),
+    ]
+    for (image, *rest), message in cases:
+        code, stdout, err = run_cli(["demo", image, "missing_config.py", "missing.pth", *rest], capsys)
+        assert code == 1 and message in err and "missing_config" not in err and err.count("\n") == 1, (rest, err)
+        assert err.endswith("give another output " + ("folder\n" if image == "m2" else "file\n"))
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*.*") if not p.is_symlink()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep_labels.png", "link.png", "m2", "single.png"]
+
+
+def test_demo_refuses_an_output_extension_opencv_cannot_write_before_loading_the_model(tmp_path, capsys):
+    image = tmp_path / "img.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "image_demo.py"), str(image), "missing_config.py", "missing.pth", str(tmp_path / "out.xyz")],
+        capture_output=True, text=True, timeout=120, env=_env(),
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"output file {tmp_path / 'out.xyz'}: cannot write images with extension '.xyz'" in proc.stderr
+    assert "use one of .png .jpg .jpeg" in proc.stderr and ".tif" in proc.stderr and "missing_config" not in proc.stderr
+    code, _, err = run_cli(["demo", str(image), "missing_config.py", "missing.pth", "--out-file", str(tmp_path / "o.XYZ")], capsys)
+    assert code == 1 and "extension '.XYZ'" in err and "missing_config" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.png"]
+
+
+def test_a_malformed_palette_file_is_reported_before_loading_the_model(tmp_path, capsys):
+    image = tmp_path / "img.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    palette = tmp_path / "bad.txt"
+    palette.write_text("1 2 3\n4 5\n")
+    argv = ["demo", str(image), "missing_config.py", "missing.pth", str(tmp_path / "o.png"), "--palette", str(palette)]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 1 and f"palette file {palette}, line 2" in err and "missing_config" not in err
+
+
+def test_demo_palette_file_with_too_few_colours_names_the_file_and_both_counts(trained, tmp_path, capsys):
+    config, checkpoint = trained
+    image = tmp_path / "img.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    palette = tmp_path / "five.json"
+    palette.write_text(json.dumps([[i, i, i] for i in range(5)]))
+    argv = ["demo", str(image), str(config), str(checkpoint), str(tmp_path / "o.png"), "--palette", str(palette)]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert f"palette file {palette} has 5 colours but 19 classes were asked for: 19 colours are needed" in err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_demo_on_a_folder_gives_images_sharing_a_stem_distinct_outputs(trained, tmp_path, capsys):
+    config, checkpoint = trained
+    images = tmp_path / "m2"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    sizes = {"a.png": (16, 24), "a.jpg": (20, 12), "b.png": (12, 12)}
+    for name, size in sizes.items():
+        cv2.imwrite(str(images / name), rng.integers(0, 255, (*size, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(["demo", str(images), str(config), str(checkpoint), str(out), "--steps", "1"], capsys)
+    assert code == 0, err
+    assert f"wrote 3 of 3 overlays under {out}" in stdout
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a.jpg.png", "a.jpg_labels.png", "a.png.png", "a.png_labels.png", "b.png", "b_labels.png",
+    ]  # only the colliding images keep their extension
+    for name, size in sizes.items():
+        overlay = out / (f"{name}.png" if name.startswith("a.") else name)
+        assert cv2.imread(str(overlay)).shape == (*size, 3)
+        labels = Path(str(overlay.with_suffix("")) + "_labels.png")
+        assert cv2.imread(str(labels), cv2.IMREAD_UNCHANGED).shape == size
+
+
+def test_folder_output_names_change_only_for_images_whose_files_would_clash(tmp_path):
+    from ddpseg.commands.demo import _folder_overlays, _output_files
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    names = ["a.png", "a.jpg", "a.png.png", "x.png", "x_labels.png", "y.png", "y_entropy.jpg", "sub/a.png", "B.PNG", "B.png"]
+    images = [src / name for name in names]
+
+    def planned(uncertainty):
+        overlays = _folder_overlays(src, images, out, uncertainty)
+        files = [path for overlay in overlays for path in _output_files(overlay, uncertainty)]
+        assert len(set(files)) == len(files)  # nothing written twice
+        return [str(path.relative_to(out)) for path in overlays]
+
+    assert planned(False) == [
+        "a.png.png", "a.jpg.png", "a.png.png.png",  # a.png.png clashes with a.png's renamed overlay in turn
+        "x.png.png", "x_labels.png.png",  # x's label PNG would have been x_labels.png's overlay
+        "y.png", "y_entropy.png",  # no heatmaps without --uncertainty: no clash
+        "sub/a.png", "B.PNG.png", "B.png.png",
+    ]
+    assert planned(True)[5:7] == ["y.png.png", "y_entropy.jpg.png"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,9 @@ from PIL import Image
 from ddpseg.visualize import (
     colorize,
     entropy,
+    check_image_extension,
     get_palette,
+    image_extensions,
     overlay,
     plot_training_curves,
     save_image,
@@ -64,6 +67,26 @@ def test_bad_palettes_raise_clear_errors(tmp_path):
     (tmp_path / "bad.txt").write_text("1 2 x\n")
     with pytest.raises(ValueError, match="line 1"):
         get_palette(tmp_path / "bad.txt")
+    (tmp_path / "two_values.txt").write_text("1 2 3\n4 5\n")
+    with pytest.raises(ValueError, match=r"two_values.txt, line 2: expected 'R G B'"):
+        get_palette(tmp_path / "two_values.txt")
+
+
+def test_a_palette_file_with_too_few_colours_is_named_with_both_counts(tmp_path):
+    short = tmp_path / "five.txt"
+    short.write_text("\n".join(f"{i} {i} {i}" for i in range(5)) + "\n")
+    with pytest.raises(ValueError) as err:
+        get_palette(short, num_classes=19)
+    assert str(short) in str(err.value) and "5 colours" in str(err.value) and "19 colours are needed" in str(err.value)
+    (tmp_path / "short.json").write_text("[[1, 2, 3]]")
+    with pytest.raises(ValueError, match=r"palette file .*short\.json has 1 colour but 2 classes"):
+        get_palette(str(tmp_path / "short.json"), num_classes=2)
+    (tmp_path / "ragged.json").write_text("[[1, 2, 3], [4, 5]]")
+    with pytest.raises(ValueError, match=r"palette file .*ragged\.json must be a list of \[R, G, B\] triples"):
+        get_palette(tmp_path / "ragged.json")
+    (tmp_path / "range.json").write_text("[[1, 2, 300]]")
+    with pytest.raises(ValueError, match=r"palette file .*range\.json: colours must be integers in 0..255"):
+        get_palette(tmp_path / "range.json")
 
 
 def test_colorize_paints_classes_and_leaves_ignore_black():
@@ -145,6 +168,25 @@ def test_save_image_round_trip_is_rgb(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["red.png"]
     with pytest.raises(ValueError, match="uint8"):
         save_image(tmp_path / "f.png", rgb.astype(np.float32))
+
+
+def test_save_image_names_the_path_when_opencv_cannot_write_it(tmp_path):
+    rgb = np.zeros((4, 5, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"cannot write .*out\.xyz: OpenCV has no writer for extension '\.xyz'; use one of \.png \.jpg"):
+        save_image(tmp_path / "out.xyz", rgb)  # cv2.imencode raises cv2.error here rather than returning False
+    with pytest.raises(ValueError, match=r"cannot write .*gray\.pgm: OpenCV could not encode a 4x5x3 image as '\.pgm'"):
+        save_image(tmp_path / "gray.pgm", rgb)  # a writer that exists but takes only gray images
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_image_extensions_are_the_writable_colour_formats_and_checked_case_blind():
+    extensions = image_extensions()
+    assert {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"} <= set(extensions)
+    assert ".pgm" not in extensions and ".xyz" not in extensions  # gray-only, unknown
+    assert check_image_extension("a/b.PNG") == Path("a/b.PNG")
+    assert check_image_extension("no_extension") == Path("no_extension")  # written as PNG
+    with pytest.raises(ValueError, match=r"^overlay out\.xyz: cannot write images with extension '\.xyz'; use one of \.png"):
+        check_image_extension("out.xyz", "overlay")
 
 
 def test_plot_training_curves_writes_a_png(tmp_path):

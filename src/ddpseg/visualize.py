@@ -6,6 +6,7 @@ at the OpenCV calls. Label maps are integer (H, W) arrays of class indices.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -43,7 +44,10 @@ def random_palette(num_classes: int, seed: int = 42) -> np.ndarray:
 
 
 def _read_palette_file(path: Path) -> list:
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"palette file {path}: not a text file (expected .json or 'R G B' lines)") from None
     if path.suffix.lower() == ".json":
         try:
             return json.loads(text)
@@ -55,11 +59,14 @@ def _read_palette_file(path: Path) -> list:
         if not line:
             continue
         try:
-            rows.append([int(v) for v in line.split()])
+            row = [int(v) for v in line.split()]
         except ValueError:
+            row = []
+        if len(row) != 3:
             raise ValueError(
                 f"palette file {path}, line {line_no}: expected 'R G B' integers, got {line!r}"
-            ) from None
+            )
+        rows.append(row)
     return rows
 
 
@@ -78,12 +85,15 @@ def get_palette(palette: PaletteSpec, num_classes: Optional[int] = None) -> np.n
         if num_classes is None:
             raise ValueError("a random palette needs num_classes")
         return random_palette(num_classes)
+    source = "palette"  # how the messages below name it
     if isinstance(palette, (str, os.PathLike)):
         key = os.fspath(palette)
         if isinstance(palette, str) and key.lower() in _NAMED_PALETTES:
             colours = _NAMED_PALETTES[key.lower()]
+            source = f"palette {key!r}"
         elif Path(key).is_file():
             colours = _read_palette_file(Path(key))
+            source = f"palette file {key}"
         else:
             raise ValueError(
                 f"unknown palette {key!r}: expected one of {sorted(_NAMED_PALETTES)}, 'random', "
@@ -91,15 +101,20 @@ def get_palette(palette: PaletteSpec, num_classes: Optional[int] = None) -> np.n
             )
     else:
         colours = palette
-    array = np.asarray(colours)
+    try:
+        array = np.asarray(colours)
+    except ValueError:  # ragged rows
+        raise ValueError(f"{source} must be a list of [R, G, B] triples") from None
     if array.ndim != 2 or array.shape[1] != 3 or array.shape[0] == 0:
-        raise ValueError(f"palette must be a list of [R, G, B] triples, got shape {array.shape}")
+        raise ValueError(f"{source} must be a list of [R, G, B] triples, got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.integer) or array.min() < 0 or array.max() > 255:
-        raise ValueError("palette colours must be integers in 0..255")
+        raise ValueError(f"{source}: colours must be integers in 0..255")
     if num_classes is not None:
         if len(array) < num_classes:
             raise ValueError(
-                f"palette has {len(array)} colours but {num_classes} classes were asked for"
+                f"{source} has {len(array)} colour{'' if len(array) == 1 else 's'} but {num_classes} "
+                "classes were asked for: "
+                f"{num_classes} colours are needed, one per class"
             )
         array = array[:num_classes]
     return array.astype(np.uint8)
@@ -234,8 +249,42 @@ def _write_atomic(path: PathLike, write: Callable[[str], None]) -> Path:
     return atomic_write(path, lambda tmp: write(str(tmp)), keep_suffix=True)
 
 
+# Formats OpenCV can write an 8-bit colour image to (not the gray-only .pgm/.pbm, nor the float .hdr/.pfm);
+# image_extensions() keeps those this OpenCV build has a writer for.
+_COLOUR_IMAGE_EXTENSIONS = (
+    ".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".dib", ".tif", ".tiff", ".webp",
+    ".jp2", ".avif", ".gif", ".ppm", ".pnm", ".sr", ".ras",
+)
+
+
+@functools.lru_cache(maxsize=None)
+def image_extensions() -> tuple[str, ...]:
+    """The file extensions :func:`save_image` can write an RGB image to with the installed OpenCV."""
+    have_writer = getattr(cv2, "haveImageWriter", None)
+    if have_writer is None:  # an OpenCV without the query: assume its usual formats
+        return _COLOUR_IMAGE_EXTENSIONS
+    return tuple(ext for ext in _COLOUR_IMAGE_EXTENSIONS if have_writer("x" + ext))
+
+
+def check_image_extension(path: PathLike, what: str = "output file") -> Path:
+    """Raise ``ValueError`` naming ``path`` unless its extension is one :func:`image_extensions` lists.
+
+    A path without an extension passes: :func:`save_image` writes it as PNG.
+    """
+    path = Path(path)
+    if path.suffix and path.suffix.lower() not in image_extensions():
+        raise ValueError(
+            f"{what} {path}: cannot write images with extension {path.suffix!r}; "
+            f"use one of {' '.join(image_extensions())}"
+        )
+    return path
+
+
 def save_image(path: PathLike, rgb: np.ndarray) -> Path:
-    """Write an RGB (or gray) uint8 image atomically; the format follows the file extension."""
+    """Write an RGB (or gray) uint8 image atomically; the format follows the file extension (none: PNG).
+
+    An extension OpenCV cannot write, or an image its encoder refuses, is a ``ValueError`` naming the path.
+    """
     image = np.asarray(rgb)
     is_rgb = image.ndim == 3 and image.shape[2] == 3
     if image.dtype != np.uint8 or not (image.ndim == 2 or is_rgb):
@@ -244,9 +293,22 @@ def save_image(path: PathLike, rgb: np.ndarray) -> Path:
         )
     ext = Path(path).suffix or ".png"
     data = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(ext, data)
+    try:
+        ok, encoded = cv2.imencode(ext, data)
+        reason = "the encoder failed"
+    except cv2.error as err:  # OpenCV raises (rather than returning False) for an unknown extension
+        ok, reason = False, (getattr(err, "err", None) or str(err)).strip().splitlines()[-1]
     if not ok:
-        raise ValueError(f"{path}: OpenCV cannot encode images with extension {ext!r}")
+        have_writer = getattr(cv2, "haveImageWriter", None)
+        if have_writer is not None and not have_writer("x" + ext):
+            raise ValueError(
+                f"cannot write {path}: OpenCV has no writer for extension {ext!r}; "
+                f"use one of {' '.join(image_extensions())}"
+            )
+        raise ValueError(
+            f"cannot write {path}: OpenCV could not encode a {'x'.join(map(str, image.shape))} image "
+            f"as {ext!r} ({reason})"
+        )
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
