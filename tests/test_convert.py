@@ -73,3 +73,24 @@ def test_init_model_takes_a_training_work_dir_or_its_metadata_file(tmp_path, min
     for source in (tmp_path, meta_path, tmp_path / "latest.json"):
         model = ddpseg.init_model(None, source)
         assert torch.equal(model.sample_logits(img, steps=1, noise=noise), ref), source
+
+
+def test_convert_command_reports_user_errors_in_one_line(tmp_path, capsys):
+    cfg = str(FIXTURES / "mini_convnext_config.py")
+    official = str(FIXTURES / "mini_convnext.pth")
+    notes = tmp_path / "notes.pth"
+    notes.write_text("not weights\n")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    cases = [
+        (["nonexist.pth", str(tmp_path / "out")], "checkpoint nonexist.pth not found"),
+        ([str(notes), str(tmp_path / "out"), "--config", cfg], f"{notes} is not a PyTorch checkpoint"),
+        ([official, str(blocker / "out"), "--config", cfg], f"{blocker} is a file, not a folder"),
+        ([official, str(blocker / "sub" / "out"), "--config", cfg], f"{blocker} is a file, not a folder"),
+        ([official, str(tmp_path / "out"), "--config", str(tmp_path / "none.py")], "config file not found"),
+    ]
+    for argv, message in cases:
+        assert main(["convert", *argv]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("ddpseg convert: error: ") and message in err and err.count("\n") == 1, err
+    assert set(tmp_path.iterdir()) == {notes, blocker}  # nothing written
