@@ -256,6 +256,9 @@ def test_truncated_and_foreign_torch_files_are_named_and_explained(tmp_path):
     (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=r"cut.pth is a zip archive but not a readable PyTorch checkpoint"):
         load_checkpoint(tmp_path / "cut.pth")
+    torch.save(weights, tmp_path / "protocol0.pth", _use_new_zipfile_serialization=False, pickle_protocol=0)
+    with pytest.raises(CheckpointError, match=r"protocol0.pth was written by torch.save with pickle protocol 0 or 1"):
+        load_checkpoint(tmp_path / "protocol0.pth")
     torch.save(weights, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
     assert torch.equal(load_checkpoint(tmp_path / "legacy.pth")["state_dict"]["conv.weight"], torch.arange(1000.0))
     data = (tmp_path / "legacy.pth").read_bytes()
@@ -275,6 +278,9 @@ def test_truncated_and_foreign_torch_files_are_named_and_explained(tmp_path):
     (tmp_path / "cut.safetensors").write_bytes(data[:-100])
     with pytest.raises(CheckpointError, match=r"cut.safetensors is not a readable safetensors file \(truncated"):
         load_checkpoint(tmp_path / "cut.safetensors")
+    (tmp_path / "notes.safetensors").write_text("see the shared drive\n")
+    with pytest.raises(CheckpointError, match=r"notes.safetensors is not a readable safetensors file.*text file"):
+        load_checkpoint(tmp_path / "notes.safetensors")
     (tmp_path / "empty.safetensors").write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"empty.safetensors is empty"):
         load_checkpoint(tmp_path / "empty.safetensors")
@@ -288,7 +294,7 @@ def test_pickled_code_is_never_executed_and_the_message_never_suggests_unsafe_lo
         with pytest.raises(CheckpointError) as info:
             load_checkpoint(tmp_path / name)
         text = str(info.value)
-        assert text.startswith(f"{tmp_path / name} holds pickled Python objects other than tensors and plain containers")
+        assert text.startswith(f"{tmp_path / name} holds pickled Python objects other than tensors and plain")
         assert found in text and "without executing pickled code" in text
         assert "weights_only" not in text and "add_safe_globals" not in text
     assert not marker.exists()

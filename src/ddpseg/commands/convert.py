@@ -49,7 +49,8 @@ def _convert(args: argparse.Namespace) -> int:
     keep = {k: meta[k] for k in ("CLASSES", "PALETTE", "mmseg_version") if k in meta}
     keep["converted_from"] = checkpoint.name
     written = save_ddpseg_checkpoint(model, out, model.cfg, keep)
-    print(f"wrote {written} and {written.with_suffix('.py')} ({sum(p.numel() for p in model.parameters()):,} parameters)")
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"wrote {written} and {written.with_suffix('.py')} ({parameters:,} parameters)")
     return 0
 
 

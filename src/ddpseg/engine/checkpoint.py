@@ -247,6 +247,7 @@ def _numpy_safe_globals() -> list[Any]:
 _ZIP_MAGIC = b"PK\x03\x04"  # what torch.load checks: torch.save's default (zip) format
 _PICKLE_PROTOCOLS = range(2, 6)  # torch.save's legacy format: a pickle stream, PROTO opcode 0x80 + protocol
 _KIND_NAMES = {"zip": "zip archive", "pickle": "pickle"}
+_TEXT_PICKLE_MAGIC = b"L119547037146038801333356L"  # torch's legacy magic number pickled with protocol 0 or 1
 
 
 def _looks_like_safetensors(head: bytes) -> bool:
@@ -256,7 +257,8 @@ def _looks_like_safetensors(head: bytes) -> bool:
 
 def sniff_checkpoint(path: PathLike) -> str:
     """What kind of file ``path`` is, from its first bytes: ``'zip'`` or ``'pickle'`` (``torch.save``'s two
-    formats), ``'safetensors'``, ``'tar'`` (torch's oldest format) or ``'unknown'``.
+    formats), ``'old_pickle'`` (the legacy one with pickle protocol 0 or 1), ``'safetensors'``, ``'tar'`` (torch's
+    oldest format) or ``'unknown'``.
 
     A missing, unreadable or empty file raises :class:`CheckpointError` naming it.
     """
@@ -276,6 +278,8 @@ def sniff_checkpoint(path: PathLike) -> str:
         return "zip"
     if head[0] == 0x80 and len(head) > 1 and head[1] in _PICKLE_PROTOCOLS:
         return "pickle"
+    if head.startswith(_TEXT_PICKLE_MAGIC[:16]):
+        return "old_pickle"
     if _looks_like_safetensors(head):
         return "safetensors"
     import tarfile
@@ -308,6 +312,16 @@ def _torch_reason(err: BaseException) -> str:
     return text or type(err).__name__
 
 
+def _what_text_it_is(path: Path) -> str:
+    """For a file that is no checkpoint: ``'; it is a text file starting with ...'`` (or a Git LFS pointer), else ''."""
+    first_line = _text_start(path)
+    if first_line is None:
+        return ""
+    if first_line.startswith("version https://git-lfs"):
+        return "; it is a Git LFS pointer file: fetch the real file with git lfs pull"
+    return f"; it is a text file starting with {first_line!r}"
+
+
 def _text_start(path: Path) -> Optional[str]:
     """The first line of ``path`` when the file starts with text, else None."""
     try:
@@ -317,8 +331,10 @@ def _text_start(path: Path) -> Optional[str]:
         return None
     try:
         text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:  # not just a character cut at the end of what was read
+            return None
+        text = head[: err.start].decode("utf-8")
     if not text or any(not (c.isprintable() or c in "\t\r\n") for c in text):
         return None
     return text.strip().splitlines()[0][:60] if text.strip() else None
@@ -329,6 +345,10 @@ _REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose m
 _NOT_A_CHECKPOINT = {
     "unknown": "is not a PyTorch checkpoint (neither a zip archive nor a pickle, the two formats torch.save writes)",
     "safetensors": "is a safetensors file, not a torch.save checkpoint: name it *.safetensors to load it as one",
+    "old_pickle": (
+        "was written by torch.save with pickle protocol 0 or 1, which torch's weights-only loader (the only way "
+        "ddpseg reads .pth files) cannot read; re-save it with torch.save's default protocol where you trust the file"
+    ),
     "tar": (
         "is a tar archive: PyTorch's oldest (.tar) checkpoint format, which cannot be read without executing pickled "
         "code; re-save its state dict with a current torch (torch.save(state_dict, 'weights.pth')) where you trust "
@@ -347,13 +367,8 @@ def torch_load(path: PathLike) -> Any:
     path = Path(path)
     kind = sniff_checkpoint(path)
     if kind in _NOT_A_CHECKPOINT:
-        message = f"{path} {_NOT_A_CHECKPOINT[kind]}"
-        first_line = _text_start(path) if kind == "unknown" else None
-        if first_line is not None and first_line.startswith("version https://git-lfs"):
-            message += "; it is a Git LFS pointer file: fetch the real file with git lfs pull"
-        elif first_line is not None:
-            message += f"; it is a text file starting with {first_line!r}"
-        raise CheckpointError(message)
+        hint = _what_text_it_is(path) if kind == "unknown" else ""
+        raise CheckpointError(f"{path} {_NOT_A_CHECKPOINT[kind]}{hint}")
     what = _KIND_NAMES[kind]
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals(_numpy_safe_globals()):
@@ -375,7 +390,9 @@ def torch_load(path: PathLike) -> Any:
             f"{_torch_reason(err)}"
         ) from err
     except EOFError as err:
-        raise CheckpointError(f"{path} is truncated: its {what} data ends early (an interrupted save or copy?)") from err
+        raise CheckpointError(
+            f"{path} is truncated: its {what} data ends early (an interrupted save or copy?)"
+        ) from err
     except OSError as err:
         raise CheckpointError(f"could not read checkpoint {path}: {err.strerror or err}") from err
     except Exception as err:  # a corrupt pickle makes the weights-only unpickler fail with any error type
@@ -523,8 +540,9 @@ def load_safetensors(path: PathLike) -> dict[str, torch.Tensor]:
             return {key: f.get_tensor(key) for key in f.keys()}
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for truncated or foreign files
         reason = str(err).removeprefix("Error while deserializing header: ")
+        hint = _what_text_it_is(path) if kind == "unknown" else ""
         raise CheckpointError(
-            f"{path} is not a readable safetensors file (truncated, corrupt, or another format): {reason}"
+            f"{path} is not a readable safetensors file (truncated, corrupt, or another format): {reason}{hint}"
         ) from err
 
 

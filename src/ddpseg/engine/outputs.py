@@ -17,7 +17,7 @@ class OutputError(OSError):
 
 
 def _file_in_the_way(path: Path) -> Optional[Path]:
-    """The nearest existing one of ``path`` and its parents, when it is not a folder (nothing can be created below it)."""
+    """The nearest existing one of ``path`` and its parents when that is not a folder (nothing can be made below it)."""
     for candidate in (path, *path.parents):
         if candidate.exists():
             return None if candidate.is_dir() else candidate
