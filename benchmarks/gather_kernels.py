@@ -76,8 +76,12 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from ddpseg import kernels
+    from ddpseg.runtime import DeviceError, parse_device
 
-    device = torch.device(args.device)
+    try:
+        device = parse_device(args.device)
+    except DeviceError as err:
+        p.error(str(err))
     height, width = args.size
     heads, points = args.heads, args.points
     samp, ref, table, grad = make_problem(device, height, width, heads, points, args.dim)

@@ -34,8 +34,12 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     from ddpseg.convert import load_model_weights
     from ddpseg.models.build import build_model
+    from ddpseg.runtime import DeviceError, parse_device
 
-    device = torch.device(args.device)
+    try:
+        device = parse_device(args.device)
+    except DeviceError as err:
+        p.error(str(err))
     golden = torch.load(FIXTURES / "mini_convnext_golden.pt", weights_only=True)
     model = build_model(runpy.run_path(str(FIXTURES / "mini_convnext_config.py"))["model"]).eval()
     load_model_weights(model, FIXTURES / "mini_convnext.pth")

@@ -42,7 +42,7 @@ from ddpseg.engine.optimizer import build_optimizer
 from ddpseg.engine.trainer import AMP_DTYPES, parse_losses
 from ddpseg.models.backbones.layers import DepthwiseConv2d
 from ddpseg.models.build import build_model
-from ddpseg.runtime import tune_cpu_allocator
+from ddpseg.runtime import DeviceError, parse_device, tune_cpu_allocator
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs/cityscapes/ddp_convnext_t_4x4_512x1024_160k_cityscapes.py"
@@ -62,7 +62,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--compare-native", action="store_true", help="also measure fused without the gather kernels")
     p.add_argument("--quickstart", action="store_true", help="run `ddpseg quickstart` instead and report it")
     p.add_argument("--out", help="--quickstart output folder (default: a temporary one)")
-    return p.parse_args()
+    args = p.parse_args()
+    try:  # a clear error now, not in a worker process
+        args.devices = [str(parse_device(d, option="--devices")) for d in args.devices or []] or None
+    except DeviceError as err:
+        p.error(str(err))
+    return args
 
 
 def measure(config: str, device_name: str, args: argparse.Namespace, fused: bool, use_native: bool = True) -> dict:
@@ -74,7 +79,7 @@ def measure(config: str, device_name: str, args: argparse.Namespace, fused: bool
         torch.set_num_threads(args.threads)
     tune_cpu_allocator()  # as `ddpseg train` does
     DepthwiseConv2d.fast_backward = fused
-    device = torch.device(device_name)
+    device = parse_device(device_name, option="--devices")
     cfg = Config.fromfile(config)
     torch.manual_seed(0)
     model = revert_sync_batchnorm(build_model(cfg.model)).to(device).train()

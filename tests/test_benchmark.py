@@ -52,6 +52,20 @@ def test_benchmark_command_prints_its_table_and_which_gather_ran(capsys, monkeyp
         assert expected == "portable PyTorch"
 
 
+@pytest.mark.parametrize("device, message", [
+    ("cuda", "--device cuda: CUDA is not available here (torch "),
+    ("gpu", "--device gpu: not a device; expected cpu, cuda or cuda:N"),
+])
+def test_benchmark_command_reports_a_device_that_is_not_here_in_one_line(capsys, monkeypatch, device, message):
+    from ddpseg.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = Path(__file__).resolve().parents[1] / "configs/quickstart/ddp_convnext_mini_synthetic.py"
+    assert main(["benchmark", str(config), "--device", device]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"ddpseg benchmark: error: {message}") and err.count("\n") == 1
+
+
 def test_gather_kernel_benchmark_times_both_paths_and_checks_the_kernel_against_portable(capsys):
     import runpy
 

@@ -431,3 +431,67 @@ def test_folder_output_names_change_only_for_images_whose_files_would_clash(tmp_
         "sub/a.png", "B.PNG.png", "B.png.png",
     ]
     assert planned(True)[5:7] == ["y.png.png", "y_entropy.jpg.png"]
+
+
+# --- a wrong --device or a file that is not a checkpoint: one line naming it, no traceback ------------------------
+@pytest.mark.parametrize("command", [
+    ["test", "missing_config.py", "missing.pth", "--eval", "mIoU"],
+    ["demo", str(DEMO_IMAGE), "missing_config.py", "missing.pth"],
+])
+@pytest.mark.parametrize("device, message", [
+    ("gpu", "--device gpu: not a device; expected cpu, cuda or cuda:N"),
+    ("cuda", "--device cuda: CUDA is not available here (torch "),
+    ("cuda:1", "--device cuda:1: CUDA is not available here"),
+])
+def test_a_device_that_is_not_here_is_one_clear_line(tmp_path, capsys, monkeypatch, command, device, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)  # the demo's default output lands here, if anything
+    code, _, err = run_cli([*command, "--device", device], capsys)
+    assert code == 1 and err.startswith(f"ddpseg {command[0]}: error: {message}") and err.count("\n") == 1, err
+    assert "missing" not in err and "Traceback" not in err
+
+
+def test_image_demo_and_tools_test_report_cuda_without_cuda_in_one_line(tmp_path):
+    env = _env(CUDA_VISIBLE_DEVICES="")  # no GPU visible, whatever the machine has
+    for script, args in ((REPO / "image_demo.py", [str(DEMO_IMAGE), "cfg.py", "ck.pth", str(tmp_path / "o.png")]),
+                         (REPO / "tools" / "test.py", ["cfg.py", "ck.pth", "--eval", "mIoU"])):
+        proc = subprocess.run([sys.executable, str(script), *args, "--device", "cuda"],
+                              capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 1, proc.stderr
+        assert "--device cuda: CUDA is not available here" in proc.stderr and "use --device cpu" in proc.stderr
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def _not_a_checkpoint(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / f"{kind}.pth"
+    data = {"text": b"notes about the run\n", "random": bytes(range(7, 255)) * 3, "empty": b"",
+            "markdown": (REPO / "README.md").read_bytes()}[kind]
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("text", "is not a PyTorch checkpoint (neither a zip archive nor a pickle"),
+    ("random", "is not a PyTorch checkpoint (neither a zip archive nor a pickle"),
+    ("empty", "is empty (0 bytes)"),
+    ("markdown", "is not a PyTorch checkpoint (neither a zip archive nor a pickle"),
+])
+def test_test_and_demo_name_a_file_that_is_not_a_checkpoint(trained, tmp_path, capsys, kind, message):
+    config, _ = trained
+    bad = _not_a_checkpoint(tmp_path, kind)
+    for argv in (["test", str(config), str(bad), "--eval", "mIoU", "--out", str(tmp_path / "m.json")],
+                 ["demo", str(DEMO_IMAGE), str(config), str(bad), str(tmp_path / "out.png")]):
+        code, _, err = run_cli(argv, capsys)
+        assert code == 1 and f"{bad} {message}" in err and err.count("\n") == 1, err
+        assert "weights_only" not in err and "IndexError" not in err and "KeyError" not in err
+
+
+def test_tools_test_names_a_text_file_given_as_checkpoint(trained, tmp_path):
+    config, _ = trained
+    notes = _not_a_checkpoint(tmp_path, "text")
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "test.py"), str(config), str(notes), "--eval", "mIoU"],
+                          capture_output=True, text=True, timeout=120, env=_env())
+    assert proc.returncode == 1
+    assert proc.stderr == (f"ddpseg test: error: {notes} is not a PyTorch checkpoint (neither a zip archive nor a "
+                           "pickle, the two formats torch.save writes); it is a text file starting with "
+                           "'notes about the run'\n")

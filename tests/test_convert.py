@@ -45,6 +45,7 @@ def test_mismatched_checkpoint_lists_the_offending_keys(tmp_path, mini_model_cfg
     text = str(err.value)
     assert "transform.bias" in text and "something.else" in text and "decode_head.conv_seg.weight" in text
     assert "number of classes" in text
+    assert text.startswith(f"weights in {bad} do not fit DDP:") and "<state dict>" not in text
 
 
 class Payload:
@@ -54,7 +55,7 @@ class Payload:
 def test_pickled_code_is_refused(tmp_path, mini_model):
     evil = tmp_path / "evil.pth"
     torch.save({"state_dict": {}, "x": Payload()}, evil)
-    with pytest.raises(CheckpointError, match="weights-only"):
+    with pytest.raises(CheckpointError, match="without executing pickled code"):
         read_checkpoint(evil)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_model_weights(mini_model, tmp_path / "missing.pth")
@@ -72,3 +73,24 @@ def test_init_model_takes_a_training_work_dir_or_its_metadata_file(tmp_path, min
     for source in (tmp_path, meta_path, tmp_path / "latest.json"):
         model = ddpseg.init_model(None, source)
         assert torch.equal(model.sample_logits(img, steps=1, noise=noise), ref), source
+
+
+def test_convert_command_reports_user_errors_in_one_line(tmp_path, capsys):
+    cfg = str(FIXTURES / "mini_convnext_config.py")
+    official = str(FIXTURES / "mini_convnext.pth")
+    notes = tmp_path / "notes.pth"
+    notes.write_text("not weights\n")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    cases = [
+        (["nonexist.pth", str(tmp_path / "out")], "checkpoint nonexist.pth not found"),
+        ([str(notes), str(tmp_path / "out"), "--config", cfg], f"{notes} is not a PyTorch checkpoint"),
+        ([official, str(blocker / "out"), "--config", cfg], f"{blocker} is a file, not a folder"),
+        ([official, str(blocker / "sub" / "out"), "--config", cfg], f"{blocker} is a file, not a folder"),
+        ([official, str(tmp_path / "out"), "--config", str(tmp_path / "none.py")], "config file not found"),
+    ]
+    for argv, message in cases:
+        assert main(["convert", *argv]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("ddpseg convert: error: ") and message in err and err.count("\n") == 1, err
+    assert set(tmp_path.iterdir()) == {notes, blocker}  # nothing written

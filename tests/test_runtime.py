@@ -1,11 +1,12 @@
-"""``ddpseg.runtime.speedup_settings``: the config's ``speedups`` section and the flags on top of it."""
+"""``ddpseg.runtime``: the config's ``speedups`` section and the flags on top of it; ``parse_device``."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from ddpseg.config import Config, ConfigError
-from ddpseg.runtime import Speedups, speedup_settings
+from ddpseg.runtime import DeviceError, Speedups, default_device, parse_device, speedup_settings
 
 
 def test_defaults_are_float32_eager_nchw():
@@ -44,3 +45,78 @@ def test_bad_sections_name_the_key_and_what_was_expected(section, message):
 def test_bad_flag_value_is_refused():
     with pytest.raises(ValueError, match="fp8"):
         speedup_settings(None, amp="fp8")
+
+
+# --- parse_device: the one check behind every --device and init_model(device=...) -------------------------------
+@pytest.mark.parametrize("device", ["cpu", "cpu:0", torch.device("cpu")])
+def test_parse_device_accepts_the_cpu(device):
+    assert parse_device(device).type == "cpu"
+
+
+@pytest.mark.parametrize("text", ["gpu", "GPU", "cuda:x", "cuda:-1", "cuda:1:2", ""])
+def test_parse_device_refuses_strings_that_name_no_device(text):
+    with pytest.raises(DeviceError) as err:
+        parse_device(text)
+    assert str(err.value) == f"--device {text or repr('')}: not a device; expected cpu, cuda or cuda:N"
+
+
+@pytest.mark.parametrize("text", ["cuda", "cuda:0", "cuda:3"])
+def test_parse_device_refuses_cuda_where_there_is_none(monkeypatch, text):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError) as err:
+        parse_device(text)
+    assert str(err.value).startswith(f"--device {text}: CUDA is not available here (torch {torch.__version__}")
+    assert str(err.value).endswith("; use --device cpu")
+    with pytest.raises(DeviceError, match=r"^device cuda: CUDA is not available here .*use device='cpu'$"):
+        parse_device("cuda", option="device")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_parse_device_on_this_cpu_only_machine():
+    with pytest.raises(DeviceError, match=r"--device cuda: CUDA is not available here"):
+        parse_device("cuda")
+    assert default_device() == torch.device("cpu")
+
+
+def test_parse_device_refuses_a_gpu_index_the_machine_lacks(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert parse_device("cuda:1") == torch.device("cuda", 1)
+    assert parse_device("cuda") == torch.device("cuda")
+    with pytest.raises(DeviceError) as err:
+        parse_device("cuda:3")
+    assert str(err.value) == "--device cuda:3: there is no GPU 3 here; this machine has 2 (cuda:0 ... cuda:1)"
+    assert default_device(1) == torch.device("cuda", 1)
+    with pytest.raises(DeviceError, match=r"^--gpu-id 2: there is no GPU 2 here; this machine has 2"):
+        default_device(2)
+
+
+def test_parse_device_refuses_device_types_that_are_not_here():
+    with pytest.raises(DeviceError, match=r"^--device meta: meta is not available here; expected cpu, cuda or cuda:N"):
+        parse_device("meta")
+
+
+def test_distributed_resolve_device_uses_the_same_check(monkeypatch):
+    from ddpseg.engine.distributed import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(DeviceError, match=r"^device gpu: not a device"):
+        resolve_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match=r"^device cuda: CUDA is not available here"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda", local_rank=0) == torch.device("cuda", 0)
+    with pytest.raises(DeviceError, match=r"LOCAL_RANK=1 takes cuda:1, but this machine has 1 GPU"):
+        resolve_device("cuda", local_rank=1)
+
+
+def test_init_model_checks_the_device_before_any_work(tmp_path, monkeypatch):
+    import ddpseg
+
+    with pytest.raises(DeviceError, match=r"^device gpu: not a device; expected cpu, cuda or cuda:N$"):
+        ddpseg.init_model(tmp_path / "missing.py", tmp_path / "missing.pth", device="gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match=r"^device cuda: CUDA is not available here"):
+        ddpseg.init_model(tmp_path / "missing.py", device="cuda")

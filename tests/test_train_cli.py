@@ -211,10 +211,31 @@ def test_the_original_train_arguments_parse():
     (["--launcher", "slurm"], "launch with torchrun"),
     (["--launcher", "pytorch"], "needs torchrun's environment"),
     (["--resume", "a", "--resume-from", "b"], "cannot be both specified"),
+    (["--device", "gpu"], "--device gpu: not a device; expected cpu, cuda or cuda:N"),
 ])
 def test_conflicting_or_unsupported_arguments_are_refused(extra, message, capsys):
     assert main(["train", CONFIG, *extra]) == 1
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["train", "missing.py"], ["quickstart", "--out", "qs"]])
+def test_cuda_without_cuda_is_one_clear_line_before_any_work(command, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    assert main([*command, "--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"ddpseg {command[0]}: error: --device cuda: CUDA is not available here (torch ")
+    assert err.count("\n") == 1 and "use --device cpu" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_from_a_file_that_is_not_a_checkpoint_names_it(tmp_path, data_root, capsys):
+    notes = tmp_path / "notes.pth"
+    notes.write_text("the weights are on the shared drive\n")
+    assert train_cli(tmp_path / "w", "--load-from", str(notes), options=tiny_options(data_root)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"ddpseg train: error: {notes} is not a PyTorch checkpoint (neither a zip archive nor a pickle")
+    assert err.count("\n") == 1
 
 
 def test_tools_train_py_runs_the_train_command(tmp_path):

@@ -13,7 +13,7 @@ from .config import Config, ConfigError
 from .convert import CheckpointError, load_model_weights, read_checkpoint
 from .models.build import build_model
 from .models.segmentor import DDP
-from .runtime import tune_cpu_allocator
+from .runtime import parse_device, tune_cpu_allocator
 from .safe_config import parse_config_text
 
 __all__ = ["init_model", "load_config"]
@@ -74,9 +74,12 @@ def init_model(
     ``config`` may be ``None`` when the checkpoint is a ddpseg one that carries its config. ``checkpoint``
     may also be a training work dir (its latest checkpoint) or a checkpoint's ``.json`` metadata file. The model is
     returned in eval mode on ``device`` with ``model.cfg`` (the full config) and, when known,
-    ``model.class_names`` / ``model.palette`` from the checkpoint's metadata.
+    ``model.class_names`` / ``model.palette`` from the checkpoint's metadata. ``device`` is checked first
+    (:func:`ddpseg.runtime.parse_device`): a string that names no device, or CUDA where there is none, raises
+    :class:`ddpseg.runtime.DeviceError`.
     """
     tune_cpu_allocator()
+    device = parse_device(device, option="device")  # before any work: a clear error for 'gpu', cuda without CUDA
     if checkpoint is not None:
         checkpoint = resolve_checkpoint(checkpoint)
     if config is None:

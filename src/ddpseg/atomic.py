@@ -44,6 +44,9 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[Path], None], k
             pass
         if isinstance(err, Exception) and not isinstance(err, AtomicWriteError):
             reason = err.strerror if isinstance(err, OSError) and err.strerror else err
+            blocker = next((p for p in path.parents if p.exists()), None)
+            if isinstance(err, (FileExistsError, NotADirectoryError)) and blocker and not blocker.is_dir():
+                reason = f"{blocker} is a file, not a folder"
             raise AtomicWriteError(f"could not write {path}: {reason}") from err
         raise
     return path

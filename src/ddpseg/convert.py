@@ -131,17 +131,16 @@ def load_model_weights(model: nn.Module, path_or_state: Union[PathLike, Mapping[
     listing them. Returns the checkpoint's metadata.
     """
     if isinstance(path_or_state, Mapping):
-        state, meta = dict(path_or_state), {}
+        state, meta, source = dict(path_or_state), {}, "<state dict>"
     else:
-        state, meta = read_checkpoint(path_or_state)
+        (state, meta), source = read_checkpoint(path_or_state), str(path_or_state)
     try:
-        load_weights(model, _fit_to_model(state, model), strict=strict)
+        load_weights(model, _fit_to_model(state, model), strict=strict, source_name=source)
     except CheckpointError as err:
         hint = ""
         if "decode_head.conv_seg" in str(err) or "label_encoder" in str(err):
             hint = "\n  (the number of classes differs between the checkpoint and the config?)"
-        source = path_or_state if not isinstance(path_or_state, Mapping) else "state dict"
-        raise CheckpointError(f"{source}: {err}{hint}") from None
+        raise CheckpointError(f"{err}{hint}") from None
     return meta
 
 

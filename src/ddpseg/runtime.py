@@ -19,15 +19,69 @@ import ctypes.util
 import os
 import platform
 from dataclasses import dataclass
-from typing import Any, ContextManager, Mapping, Optional
+from typing import Any, ContextManager, Mapping, Optional, Union
 
 import torch
 
 from .config import ConfigError
 
-__all__ = ["tune_cpu_allocator", "autocast_for", "AMP_CHOICES", "speed_up_encoder", "Speedups", "speedup_settings"]
+__all__ = [
+    "tune_cpu_allocator", "autocast_for", "AMP_CHOICES", "speed_up_encoder", "Speedups", "speedup_settings",
+    "DeviceError", "parse_device", "default_device",
+]
 
 AMP_CHOICES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class DeviceError(ValueError):
+    """A device named by the user (``--device``, ``init_model(device=...)``) is not a device or is not here."""
+
+
+_EXPECTED_DEVICES = "expected cpu, cuda or cuda:N"
+
+
+def parse_device(device: Union[str, torch.device], option: Optional[str] = "--device") -> torch.device:
+    """The :class:`torch.device` a user's device string names, checked to exist on this machine.
+
+    ``option`` is how the value is named in errors (``--device`` for the commands, ``device`` for the API,
+    ``None`` for the bare value). Raises :class:`DeviceError` (a ``ValueError``, so the commands print it as one
+    line) for a string that names no device, CUDA where it is not available, or a GPU index this machine lacks.
+    """
+    text = str(device).strip() if not isinstance(device, torch.device) else str(device)
+    shown = text or "''"
+    where = f"{option} {shown}" if option else shown
+    try:
+        parsed = device if isinstance(device, torch.device) else torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise DeviceError(f"{where}: not a device; {_EXPECTED_DEVICES}") from None
+    if parsed.type == "cpu":
+        return parsed
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "built without CUDA" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU found"
+            use = "use cpu" if not option else f"use {option} cpu" if option.startswith("-") else f"use {option}='cpu'"
+            raise DeviceError(f"{where}: CUDA is not available here (torch {torch.__version__}, {build}); {use}")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            have = "cuda:0" if count == 1 else f"cuda:0 ... cuda:{count - 1}"
+            raise DeviceError(f"{where}: there is no GPU {parsed.index} here; this machine has {count} ({have})")
+        return parsed
+    backend = getattr(torch, parsed.type, None)  # e.g. torch.mps, torch.xpu
+    available = getattr(backend, "is_available", None)
+    if callable(available) and available():
+        return parsed
+    raise DeviceError(f"{where}: {parsed.type} is not available here; {_EXPECTED_DEVICES}")
+
+
+def default_device(gpu_id: int = 0) -> torch.device:
+    """``cuda:<gpu_id>`` when CUDA is available (checked to exist, errors naming ``--gpu-id``), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    count = torch.cuda.device_count()
+    if not 0 <= gpu_id < count:
+        have = "0" if count == 1 else f"0 ... {count - 1}"
+        raise DeviceError(f"--gpu-id {gpu_id}: there is no GPU {gpu_id} here; this machine has {count} ({have})")
+    return torch.device("cuda", gpu_id)
 
 
 def autocast_for(device: str, amp: Optional[str]) -> ContextManager:

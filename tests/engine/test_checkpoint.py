@@ -101,7 +101,7 @@ def test_foreign_formats_load_weights_only(tmp_path):
     with pytest.raises(CheckpointError, match="missing.pth"):
         load_checkpoint(tmp_path / "missing.pth")
     torch.save({"state_dict": weights, "meta": {"args": argparse.Namespace(lr=1)}}, tmp_path / "pickled.pth")
-    with pytest.raises(CheckpointError, match="weights-only"):
+    with pytest.raises(CheckpointError, match=r"pickled.pth holds pickled Python objects .*argparse\.Namespace"):
         load_checkpoint(tmp_path / "pickled.pth")
     with pytest.raises(CheckpointError, match="no training state"):
         load_checkpoint(tmp_path / "mmseg.pth", with_training_state=True)
@@ -200,3 +200,139 @@ def test_kill_during_checkpoint_write_leaves_previous_checkpoint_loadable(tmp_pa
     assert torch.equal(ckpt["training_state"]["optimizer"]["m"], torch.full((1024, 1024), 1.0))
     remove_stale_temporaries(tmp_path)
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+# --- files that are not checkpoints: one clear error naming the file, never torch's internals ---------------------
+class Payload:
+    """Stands for any pickled object of a foreign class."""
+
+
+class RunsCode:
+    """Unpickling this would run a shell command: weights-only loading must refuse it without calling it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _not_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """name → (file, expected message part)."""
+    rng = np.random.default_rng(0)
+    files = {
+        "text": (b"my notes about the run\n", r"is not a PyTorch checkpoint \(neither a zip archive nor a pickle"
+                                               r".*text file starting with 'my notes about the run'"),
+        "random": (rng.integers(0, 256, 300, dtype=np.uint8).tobytes(), r"is not a PyTorch checkpoint \(neither"),
+        "empty": (b"", r"is empty \(0 bytes\)"),
+        "markdown": ((Path(__file__).resolve().parents[2] / "README.md").read_bytes(), r"is not a PyTorch checkpoint"),
+        "lfs": (b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 9\n", "Git LFS pointer"),
+        "bad_pickle": (b"\x80\x02" + rng.integers(0, 256, 64, dtype=np.uint8).tobytes(),
+                       r"is a pickle but not a readable PyTorch checkpoint"),
+    }
+    out = {}
+    for name, (data, message) in files.items():
+        path = tmp_path / f"{name}.pth"
+        path.write_bytes(data)
+        out[name] = (path, message)
+    return out
+
+
+@pytest.mark.parametrize("name", ["text", "random", "empty", "markdown", "lfs", "bad_pickle"])
+def test_a_file_that_is_not_a_checkpoint_gets_one_clear_error_naming_it(tmp_path, name):
+    path, message = _not_checkpoints(tmp_path)[name]
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(path)
+    text = str(info.value)
+    assert str(path) in text
+    assert "weights_only" not in text and "file an issue" not in text.lower()
+    assert info.value.__class__ is CheckpointError
+
+
+def test_truncated_and_foreign_torch_files_are_named_and_explained(tmp_path):
+    weights = {"conv.weight": torch.arange(1000.0)}
+    torch.save(weights, tmp_path / "full.pth")
+    data = (tmp_path / "full.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"cut.pth is a zip archive but not a readable PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "cut.pth")
+    torch.save(weights, tmp_path / "protocol0.pth", _use_new_zipfile_serialization=False, pickle_protocol=0)
+    with pytest.raises(CheckpointError, match=r"protocol0.pth was written by torch.save with pickle protocol 0 or 1"):
+        load_checkpoint(tmp_path / "protocol0.pth")
+    torch.save(weights, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    assert torch.equal(load_checkpoint(tmp_path / "legacy.pth")["state_dict"]["conv.weight"], torch.arange(1000.0))
+    data = (tmp_path / "legacy.pth").read_bytes()
+    (tmp_path / "legacy_cut.pth").write_bytes(data[:40])
+    with pytest.raises(CheckpointError, match=r"legacy_cut.pth is (truncated|a pickle but not a readable)"):
+        load_checkpoint(tmp_path / "legacy_cut.pth")
+    from safetensors.torch import save_file
+
+    save_file(weights, str(tmp_path / "w.safetensors"))
+    (tmp_path / "w.pth").write_bytes((tmp_path / "w.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match=r"w.pth is a safetensors file.*name it \*\.safetensors"):
+        load_checkpoint(tmp_path / "w.pth")
+    (tmp_path / "full.safetensors").write_bytes((tmp_path / "full.pth").read_bytes())
+    with pytest.raises(CheckpointError, match=r"full.safetensors is a PyTorch checkpoint .*not a safetensors file"):
+        load_checkpoint(tmp_path / "full.safetensors")
+    data = (tmp_path / "w.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-100])
+    with pytest.raises(CheckpointError, match=r"cut.safetensors is not a readable safetensors file \(truncated"):
+        load_checkpoint(tmp_path / "cut.safetensors")
+    (tmp_path / "notes.safetensors").write_text("see the shared drive\n")
+    with pytest.raises(CheckpointError, match=r"notes.safetensors is not a readable safetensors file.*text file"):
+        load_checkpoint(tmp_path / "notes.safetensors")
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty.safetensors is empty"):
+        load_checkpoint(tmp_path / "empty.safetensors")
+
+
+def test_pickled_code_is_never_executed_and_the_message_never_suggests_unsafe_loading(tmp_path):
+    marker = tmp_path / "code_ran"
+    torch.save({"state_dict": {"w": torch.ones(1)}, "x": RunsCode(marker)}, tmp_path / "evil.pth")
+    torch.save({"state_dict": {"w": torch.ones(1)}, "x": Payload()}, tmp_path / "object.pth")
+    for name, found in (("evil.pth", "posix.system"), ("object.pth", "Payload")):
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(tmp_path / name)
+        text = str(info.value)
+        assert text.startswith(f"{tmp_path / name} holds pickled Python objects other than tensors and plain")
+        assert found in text and "without executing pickled code" in text
+        assert "weights_only" not in text and "add_safe_globals" not in text
+    assert not marker.exists()
+
+
+def test_metadata_without_weights_key_or_with_a_bad_one_is_a_clear_error(tmp_path):
+    meta_path = write(tmp_path, 3)
+    metadata = json.loads(meta_path.read_text())
+    del metadata["weights"]
+    meta_path.write_text(json.dumps(metadata))
+    with pytest.raises(CheckpointError, match=r"iter_3.json has no 'weights' key.*iter_3.safetensors"):
+        load_checkpoint(tmp_path)
+    metadata["weights"] = "../elsewhere.safetensors"
+    meta_path.write_text(json.dumps(metadata))
+    with pytest.raises(CheckpointError, match=r"iter_3.json: 'weights' must be a file name in the same folder"):
+        load_checkpoint(meta_path)
+    metadata["weights"] = "gone.safetensors"
+    meta_path.write_text(json.dumps(metadata))
+    with pytest.raises(CheckpointError, match=r"iter_3.json names the weights file gone.safetensors, which does not"):
+        load_checkpoint(meta_path)
+    meta_path.write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"iter_3.json is not a ddpseg-checkpoint metadata file"):
+        load_checkpoint(meta_path)
+
+
+def test_a_corrupt_training_state_names_its_file(tmp_path):
+    write(tmp_path, 2)
+    (tmp_path / "iter_2.state.pt").write_text("overwritten")
+    with pytest.raises(CheckpointError, match=r"iter_2.state.pt is not a PyTorch checkpoint"):
+        load_checkpoint(tmp_path, with_training_state=True)
+    (tmp_path / "iter_2.state.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"names the training state file iter_2.state.pt, which does not exist"):
+        load_checkpoint(tmp_path, with_training_state=True)
+
+
+def test_load_weights_names_the_given_source(tmp_path):
+    model = nn.Linear(2, 3)
+    with pytest.raises(CheckpointError, match=r"weights in ck/good.pth do not fit Linear"):
+        load_weights(model, {"weight": torch.zeros(1)}, source_name="ck/good.pth")
+    with pytest.raises(CheckpointError, match=r"weights in <state dict> do not fit Linear"):
+        load_weights(model, {"weight": torch.zeros(1)})

@@ -126,3 +126,39 @@ def test_backbone_pretrained_and_empty_pretrained_init_cfg_are_config_errors():
         build_backbone(dict(_TINY_SWIN, pretrained="swin.pth"))
     with pytest.raises(ModelConfigError, match=r"init_cfg is dict\(type='Pretrained'\) without a checkpoint"):
         build_backbone(dict(_TINY_SWIN, init_cfg=dict(type="Pretrained", checkpoint=None)), load_pretrained=True)
+
+
+def test_unreadable_pretrained_weights_are_clear_errors_naming_the_file_and_the_config_key(tmp_path):
+    """--cfg-options model.backbone.init_cfg.checkpoint=FILE with a truncated, corrupt, empty or pickled-object file."""
+    from safetensors.torch import save_file
+
+    from ddpseg.engine.checkpoint import CheckpointError
+    from ddpseg.models.build import build_backbone
+
+    save_file(SwinTransformer(**{k: v for k, v in _TINY_SWIN.items() if k != "type"}).state_dict(),
+              str(tmp_path / "full.safetensors"))
+    data = (tmp_path / "full.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "corrupt.pth").write_bytes(b"\x80\x02" + bytes(range(7, 200)))
+    (tmp_path / "notes.pth").write_text("downloaded an HTML page instead\n")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    torch.save({"state_dict": {}, "args": Path("x")}, tmp_path / "objects.pth")
+    torch.save([torch.zeros(1)], tmp_path / "list.pth")
+    cases = {
+        "cut.safetensors": "is not a readable safetensors file (truncated",
+        "corrupt.pth": "is a pickle but not a readable PyTorch checkpoint",
+        "notes.pth": "is not a PyTorch checkpoint (neither a zip archive nor a pickle",
+        "empty.pth": "is empty (0 bytes)",
+        "objects.pth": "holds pickled Python objects other than tensors and plain containers",
+        "list.pth": "holds a list, expected a dict of tensors",
+        "missing.pth": "pretrained weights not found",
+    }
+    for name, message in cases.items():
+        cfg = dict(_TINY_SWIN, init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / name)))
+        with pytest.raises(CheckpointError) as info:
+            build_backbone(cfg, load_pretrained=True)
+        text = str(info.value)
+        assert text.startswith("model.backbone.init_cfg.checkpoint: ") and str(tmp_path / name) in text, text
+        assert message in text and "pop from empty list" not in text and "weights_only" not in text, text
+    cfg = dict(_TINY_SWIN, init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "full.safetensors")))
+    assert build_backbone(cfg, load_pretrained=True) is not None

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"))
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 3, 10])
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
     parser.add_argument("--warmup", type=int, default=1)
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _setup(args):
     import torch
 
-    from ..runtime import speed_up_encoder, speedup_settings, tune_cpu_allocator
+    from ..runtime import parse_device, speed_up_encoder, speedup_settings, tune_cpu_allocator
 
     tune_cpu_allocator()  # also in the spawned training worker
 
@@ -44,7 +44,7 @@ def _setup(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = parse_device(args.device)
     torch.manual_seed(0)
     cfg = load_config(args.config)
     speedups = speedup_settings(cfg, amp=None if args.amp in (None, "fp32") else args.amp,
@@ -68,6 +68,12 @@ def _train_worker(args, queue) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .errors import report_user_errors
+
+    return report_user_errors("ddpseg benchmark", _benchmark, args)
+
+
+def _benchmark(args: argparse.Namespace) -> int:
     from .. import kernels
     from ..benchmark import BenchmarkReport, format_report, matmul_ceiling, measure_inference
 

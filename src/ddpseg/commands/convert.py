@@ -27,18 +27,34 @@ def find_config_for(checkpoint: str) -> Optional[Path]:
     return matches[0] if len(matches) == 1 else None
 
 
-def run(args: argparse.Namespace) -> int:
+def _convert(args: argparse.Namespace) -> int:
     from ..api import init_model
     from ..config import ConfigError
-    from ..convert import read_checkpoint, save_ddpseg_checkpoint
+    from ..convert import CheckpointError, read_checkpoint, save_ddpseg_checkpoint
+    from ..engine.outputs import check_output_file
 
+    checkpoint = Path(args.checkpoint)
+    if not str(args.checkpoint).startswith(("http://", "https://")) and not checkpoint.exists():
+        raise CheckpointError(f"checkpoint {args.checkpoint} not found")
     config = args.config or find_config_for(args.checkpoint)
     if config is None:
-        raise ConfigError(f"no config named like {Path(args.checkpoint).name} under configs/; pass --config CONFIG")
+        raise ConfigError(f"no config named like {checkpoint.name} under configs/; pass --config CONFIG")
+    out = Path(args.out)
+    if out.suffix == ".safetensors":
+        out = out.with_suffix("")
+    for suffix in (".safetensors", ".py"):  # fail now, before loading the model
+        check_output_file(out.parent / (out.name + suffix), "output file")
     model = init_model(config, args.checkpoint)
     _, meta = read_checkpoint(args.checkpoint)
     keep = {k: meta[k] for k in ("CLASSES", "PALETTE", "mmseg_version") if k in meta}
-    keep["converted_from"] = Path(args.checkpoint).name
-    out = save_ddpseg_checkpoint(model, args.out, model.cfg, keep)
-    print(f"wrote {out} and {out.with_suffix('.py')} ({sum(p.numel() for p in model.parameters()):,} parameters)")
+    keep["converted_from"] = checkpoint.name
+    written = save_ddpseg_checkpoint(model, out, model.cfg, keep)
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"wrote {written} and {written.with_suffix('.py')} ({parameters:,} parameters)")
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from .errors import report_user_errors
+
+    return report_user_errors("ddpseg convert", _convert, args)

@@ -168,17 +168,17 @@ def _demo(args: argparse.Namespace) -> int:
     from ..api import init_model
     from ..data.image_io import DataError
     from ..inference import inference
-    from ..runtime import autocast_for, speed_up_encoder, speedup_settings
+    from ..runtime import autocast_for, default_device, parse_device, speed_up_encoder, speedup_settings
     from ..visualize import get_palette
 
     if not 0 < args.opacity <= 1:
         raise ValueError(f"--opacity must be in (0, 1], got {args.opacity}")
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    device = str(parse_device(args.device) if args.device else default_device())
     jobs = _jobs(args)
     if args.palette is not None and args.palette.lower() != "random":
         get_palette(args.palette)  # a missing or malformed palette is reported before loading the model
-    device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     model = init_model(args.config, args.checkpoint, device=device)
     speedups = speedup_settings(model.cfg, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
     speed_up_encoder(model, channels_last=speedups.channels_last, compile=speedups.compile)

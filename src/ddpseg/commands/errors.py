@@ -14,8 +14,9 @@ from typing import Callable
 from ..convert import CheckpointError as ConvertCheckpointError
 from ..engine.checkpoint import CheckpointError as EngineCheckpointError
 
-# ValueError covers DataError, ConfigError and the checkpoint loader's errors; OSError covers unwritable
-# or missing outputs and inputs.
+# ValueError covers DataError, ConfigError and runtime.DeviceError (a --device that names no usable device);
+# OSError covers unwritable or missing outputs and inputs; the CheckpointErrors cover files that cannot be read as
+# checkpoints (missing, empty, not a checkpoint, corrupt, pickled objects) or do not fit the model.
 USER_ERRORS = (ValueError, OSError, ConvertCheckpointError, EngineCheckpointError)
 
 

@@ -58,10 +58,12 @@ def _quickstart(args: argparse.Namespace) -> int:
     from ..engine.outputs import check_output_dir
     from ..engine.runner import run_training
     from ..inference import inference, show_result
+    from ..runtime import parse_device
     from ..visualize import colorize, plot_training_curves, save_image, uncertainty_heatmap
 
     if args.iters is not None and args.iters < 1:
         raise ValueError(f"--iters must be >= 1, got {args.iters}")
+    parse_device(args.device)  # a clear error before any work
     start = time.perf_counter()
     out = check_output_dir(args.out, "quickstart output folder")
     data_root = out / "data" / "synthetic_cityscapes"

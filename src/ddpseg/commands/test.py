@@ -112,11 +112,10 @@ def _json_path(args: argparse.Namespace) -> Optional[Path]:
 
 
 def _device(args: argparse.Namespace) -> str:
-    import torch
+    """``--device``, else ``cuda:<--gpu-id>`` when CUDA is available, else cpu; checked to exist here."""
+    from ..runtime import default_device, parse_device
 
-    if args.device:
-        return args.device
-    return f"cuda:{args.gpu_id}" if torch.cuda.is_available() else "cpu"
+    return str(parse_device(args.device) if args.device else default_device(args.gpu_id))
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -130,13 +129,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..runtime import autocast_for, speed_up_encoder, speedup_settings
 
     _check_arguments(args)
+    device = _device(args)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     cfg = load_config(args.config, args.cfg_options)
     if "data" not in cfg or "test" not in cfg.data:
         raise ConfigError(f"{args.config} has no data.test section to evaluate on")
     cfg.data.test.test_mode = True
     speedups = speedup_settings(cfg, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
-    device = _device(args)
     if args.launcher != "none":
         device = str(init_distributed(device).device)
     json_path = _json_path(args) if get_rank() == 0 else None

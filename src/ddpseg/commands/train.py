@@ -80,14 +80,17 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 
 def _device(args: argparse.Namespace) -> str:
+    """``--device`` (checked to exist here), else CUDA when available, else cpu."""
     import torch
 
+    from ..runtime import default_device, parse_device
+
     if args.device:
-        return args.device
+        return str(parse_device(args.device))
     if not torch.cuda.is_available():
         return "cpu"
     # Under torchrun every process takes cuda:LOCAL_RANK; alone it takes --gpu-id.
-    return "cuda" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else f"cuda:{args.gpu_id}"
+    return "cuda" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else str(default_device(args.gpu_id))
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -97,6 +100,7 @@ def _train(args: argparse.Namespace) -> int:
     from ..engine.trainer import NonFiniteLossError
 
     _check_arguments(args)
+    device = _device(args)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     cfg = load_config(args.config, args.cfg_options)
     work_dir = args.work_dir or default_work_dir(cfg)
@@ -104,7 +108,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         run_training(
             cfg, work_dir=work_dir, resume=resume, load_from=args.load_from, seed=args.seed,
-            diff_seed=args.diff_seed, deterministic=args.deterministic, amp=args.amp, device=_device(args),
+            diff_seed=args.diff_seed, deterministic=args.deterministic, amp=args.amp, device=device,
             channels_last=args.channels_last, compile=args.compile,
             validate=not args.no_validate, progress=False if args.no_progress else None, print_eval_tables=True,
         )

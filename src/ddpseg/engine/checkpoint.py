@@ -244,18 +244,167 @@ def _numpy_safe_globals() -> list[Any]:
     return [multiarray.multiarray.scalar, multiarray.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
 
 
-def torch_load(path: PathLike) -> Any:
-    """``torch.load(path, weights_only=True)`` on CPU, also allowing numpy scalars found in mmseg checkpoints."""
+_ZIP_MAGIC = b"PK\x03\x04"  # what torch.load checks: torch.save's default (zip) format
+_PICKLE_PROTOCOLS = range(2, 6)  # torch.save's legacy format: a pickle stream, PROTO opcode 0x80 + protocol
+_KIND_NAMES = {"zip": "zip archive", "pickle": "pickle"}
+_TEXT_PICKLE_MAGIC = b"L119547037146038801333356L"  # torch's legacy magic number pickled with protocol 0 or 1
+
+
+def _looks_like_safetensors(head: bytes) -> bool:
+    """An 8-byte little-endian header length, then the JSON header."""
+    return len(head) > 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 100_000_000
+
+
+def sniff_checkpoint(path: PathLike) -> str:
+    """What kind of file ``path`` is, from its first bytes: ``'zip'`` or ``'pickle'`` (``torch.save``'s two
+    formats), ``'old_pickle'`` (the legacy one with pickle protocol 0 or 1), ``'safetensors'``, ``'tar'`` (torch's
+    oldest format) or ``'unknown'``.
+
+    A missing, unreadable or empty file raises :class:`CheckpointError` naming it.
+    """
+    path = Path(path)
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"checkpoint {path} is a folder, expected a checkpoint file") from None
+    except OSError as err:
+        raise CheckpointError(f"could not read checkpoint {path}: {err.strerror or err}") from None
+    if not head:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted download or copy?")
+    if head.startswith(_ZIP_MAGIC):
+        return "zip"
+    if head[0] == 0x80 and len(head) > 1 and head[1] in _PICKLE_PROTOCOLS:
+        return "pickle"
+    if head.startswith(_TEXT_PICKLE_MAGIC[:16]):
+        return "old_pickle"
+    if _looks_like_safetensors(head):
+        return "safetensors"
+    import tarfile
+
+    try:
+        if tarfile.is_tarfile(path):
+            return "tar"
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _torch_reason(err: BaseException) -> str:
+    """torch's error message without its advice to load with ``weights_only=False`` or to file an issue."""
+    text = str(err)
+    unsafe = getattr(torch.serialization, "UNSAFE_MESSAGE", None)
+    if unsafe:
+        text = text.replace(unsafe, "")
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    text = re.sub(r"\[enforce fail at [^\]]*\]\s*\.?\s*", "", text)
+    text = text.split("Check the documentation of torch.load", 1)[0]
+    text = text.replace("Weights only load failed.", "")
+    text = " ".join(text.split())
+    # "PytorchStreamReader failed ...: <reason>. This is an internal miniz error. If you are seeing this ..."
+    text = text.split(". This is an internal", 1)[0]
+    advice = ("weights_only", "file an issue", "allowlist")
+    text = " ".join(s for s in re.split(r"(?<=\.)\s+", text) if not any(a in s for a in advice))
+    return text or type(err).__name__
+
+
+def _what_text_it_is(path: Path) -> str:
+    """For a file that is no checkpoint: ``'; it is a text file starting with ...'`` (or a Git LFS pointer), else ''."""
+    first_line = _text_start(path)
+    if first_line is None:
+        return ""
+    if first_line.startswith("version https://git-lfs"):
+        return "; it is a Git LFS pointer file: fetch the real file with git lfs pull"
+    return f"; it is a text file starting with {first_line!r}"
+
+
+def _text_start(path: Path) -> Optional[str]:
+    """The first line of ``path`` when the file starts with text, else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(200)
+    except OSError:
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:  # not just a character cut at the end of what was read
+            return None
+        text = head[: err.start].decode("utf-8")
+    if not text or any(not (c.isprintable() or c in "\t\r\n") for c in text):
+        return None
+    return text.strip().splitlines()[0][:60] if text.strip() else None
+
+
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose module \S+ is blocked)")
+
+_NOT_A_CHECKPOINT = {
+    "unknown": "is not a PyTorch checkpoint (neither a zip archive nor a pickle, the two formats torch.save writes)",
+    "safetensors": "is a safetensors file, not a torch.save checkpoint: name it *.safetensors to load it as one",
+    "old_pickle": (
+        "was written by torch.save with pickle protocol 0 or 1, which torch's weights-only loader (the only way "
+        "ddpseg reads .pth files) cannot read; re-save it with torch.save's default protocol where you trust the file"
+    ),
+    "tar": (
+        "is a tar archive: PyTorch's oldest (.tar) checkpoint format, which cannot be read without executing pickled "
+        "code; re-save its state dict with a current torch (torch.save(state_dict, 'weights.pth')) where you trust "
+        "the file"
+    ),
+}
+
+
+def torch_load(path: PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU, also allowing numpy scalars found in mmseg checkpoints.
+
+    Pickled code is never executed. Any failure is a :class:`CheckpointError` that names the file and says what is
+    wrong: missing, empty, not a ``torch.save`` file at all, holding pickled objects other than tensors and plain
+    containers, or corrupt/truncated.
+    """
+    path = Path(path)
+    kind = sniff_checkpoint(path)
+    if kind in _NOT_A_CHECKPOINT:
+        hint = _what_text_it_is(path) if kind == "unknown" else ""
+        raise CheckpointError(f"{path} {_NOT_A_CHECKPOINT[kind]}{hint}")
+    what = _KIND_NAMES[kind]
+    try:
+        with warnings.catch_warnings(), torch.serialization.safe_globals(_numpy_safe_globals()):
+            # torch asks to "file an issue" about pickle protocols other than 2: nothing the user can act on
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            warnings.filterwarnings("ignore", message=".*TorchScript archive", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        refused = _REFUSED_GLOBAL.search(str(err))
+        if refused:
+            raise CheckpointError(
+                f"{path} holds pickled Python objects other than tensors and plain containers (first: "
+                f"{refused.group(1)}); ddpseg only loads checkpoints without executing pickled code. Re-save its "
+                "weights as a plain state dict (torch.save(checkpoint['state_dict'], 'weights.pth')) where you "
+                "trust the file, or as .safetensors"
+            ) from err
         raise CheckpointError(
-            f"{path} cannot be read with weights-only loading: it is corrupt, or holds pickled objects other than "
-            f"tensors and plain containers (re-save such a file as a plain state dict). Details: {err}"
+            f"{path} is a {what} but not a readable PyTorch checkpoint (corrupt, or not written by torch.save): "
+            f"{_torch_reason(err)}"
         ) from err
-    except (OSError, RuntimeError, EOFError) as err:
-        raise CheckpointError(f"could not read checkpoint {path}: {err}") from err
+    except EOFError as err:
+        raise CheckpointError(
+            f"{path} is truncated: its {what} data ends early (an interrupted save or copy?)"
+        ) from err
+    except OSError as err:
+        raise CheckpointError(f"could not read checkpoint {path}: {err.strerror or err}") from err
+    except Exception as err:  # a corrupt pickle makes the weights-only unpickler fail with any error type
+        if "TorchScript" in str(err):
+            raise CheckpointError(
+                f"{path} is a TorchScript archive (torch.jit.save), not a checkpoint of weights; ddpseg does not "
+                "load TorchScript programs"
+            ) from err
+        reason = _torch_reason(err) if isinstance(err, RuntimeError) else f"{type(err).__name__}: {err}"
+        raise CheckpointError(
+            f"{path} is a {what} but not a readable PyTorch checkpoint (corrupt or truncated?): {reason}"
+        ) from err
 
 
 def _download(url: str) -> Path:
@@ -289,6 +438,19 @@ def _strip_module_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state_dict.items()}
 
 
+def _metadata_file_name(metadata: Mapping[str, Any], key: str, meta_path: Path) -> str:
+    """The file name stored under ``key`` of a checkpoint's metadata, checked to be a plain name in its folder."""
+    if key not in metadata:
+        raise CheckpointError(
+            f"{meta_path} has no {key!r} key; a {FORMAT} metadata file names its {key} file there "
+            f"(e.g. \"{key}\": \"{meta_path.stem}{WEIGHTS_SUFFIX if key == 'weights' else STATE_SUFFIX}\")"
+        )
+    name = metadata[key]
+    if not isinstance(name, str) or not name or Path(name).name != name:
+        raise CheckpointError(f"{meta_path}: {key!r} must be a file name in the same folder, got {name!r}")
+    return name
+
+
 def load_checkpoint(path: PathLike, *, with_training_state: bool = False) -> dict[str, Any]:
     """Read a checkpoint onto the CPU.
 
@@ -314,11 +476,14 @@ def load_checkpoint(path: PathLike, *, with_training_state: bool = False) -> dic
             metadata = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise CheckpointError(f"could not read checkpoint metadata {meta_path}: {err}") from err
-        if metadata.get("format") != FORMAT:
-            raise CheckpointError(f"{meta_path} is not a {FORMAT} metadata file (format={metadata.get('format')!r})")
-        weights = meta_path.parent / metadata["weights"]
+        if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+            found = metadata.get("format") if isinstance(metadata, dict) else f"a JSON {type(metadata).__name__}"
+            raise CheckpointError(f"{meta_path} is not a {FORMAT} metadata file (format={found!r})")
+        weights = meta_path.parent / _metadata_file_name(metadata, "weights", meta_path)
+        if not weights.is_file():
+            raise CheckpointError(f"{meta_path} names the weights file {weights.name}, which does not exist")
         result.update(
-            state_dict=_load_safetensors(weights),
+            state_dict=load_safetensors(weights),
             meta=metadata.get("meta") or {},
             iter=metadata.get("iter"),
             config=metadata.get("config"),
@@ -329,7 +494,10 @@ def load_checkpoint(path: PathLike, *, with_training_state: bool = False) -> dic
         if with_training_state:
             if not metadata.get("state"):
                 raise CheckpointError(f"{meta_path} was saved without training state; it cannot be resumed from")
-            result["training_state"] = torch_load(meta_path.parent / metadata["state"])
+            state = meta_path.parent / _metadata_file_name(metadata, "state", meta_path)
+            if not state.is_file():
+                raise CheckpointError(f"{meta_path} names the training state file {state.name}, which does not exist")
+            result["training_state"] = torch_load(state)
         return result
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -340,7 +508,7 @@ def load_checkpoint(path: PathLike, *, with_training_state: bool = False) -> dic
         )
     result["path"] = str(path)
     if path.suffix == WEIGHTS_SUFFIX:
-        result.update(state_dict=_load_safetensors(path), format="safetensors")
+        result.update(state_dict=load_safetensors(path), format="safetensors")
         return result
     obj = torch_load(path)
     if not isinstance(obj, Mapping):
@@ -358,12 +526,24 @@ def load_checkpoint(path: PathLike, *, with_training_state: bool = False) -> dic
     return result
 
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def load_safetensors(path: PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a ``.safetensors`` file on the CPU; a failure is a :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    kind = sniff_checkpoint(path)
+    if kind in ("zip", "pickle"):
+        raise CheckpointError(
+            f"{path} is a PyTorch checkpoint ({_KIND_NAMES[kind]} written by torch.save), not a safetensors file: "
+            "name it *.pth to load it as one"
+        )
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             return {key: f.get_tensor(key) for key in f.keys()}
-    except Exception as err:  # safetensors raises its own error types for truncated or foreign files
-        raise CheckpointError(f"could not read weights {path}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for truncated or foreign files
+        reason = str(err).removeprefix("Error while deserializing header: ")
+        hint = _what_text_it_is(path) if kind == "unknown" else ""
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (truncated, corrupt, or another format): {reason}{hint}"
+        ) from err
 
 
 # ---------------------------------------------------------------------------------------------- model fit
@@ -397,15 +577,19 @@ def load_weights(
     *,
     strict: bool = True,
     filter_fn: Optional[Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]] = None,
+    source_name: Optional[PathLike] = None,
 ) -> dict[str, Any]:
     """Load weights (not training state) from a checkpoint path or a state dict into ``model``.
 
     ``filter_fn(state_dict, model)`` may rename/convert keys first. With ``strict`` any missing, unexpected or
     mis-shaped key raises a :class:`CheckpointError` listing them; otherwise matching entries are loaded and the
-    rest reported in a warning. Returns the loaded checkpoint dict (see :func:`load_checkpoint`).
+    rest reported in a warning. ``source_name`` names a state dict given as a mapping in those messages (e.g. the
+    file it was read from; default ``<state dict>``). Returns the loaded checkpoint dict (see
+    :func:`load_checkpoint`).
     """
     if isinstance(source, Mapping):
-        checkpoint: dict[str, Any] = {"state_dict": dict(source), "meta": {}, "path": "<state dict>"}
+        name = str(source_name) if source_name is not None else "<state dict>"
+        checkpoint: dict[str, Any] = {"state_dict": dict(source), "meta": {}, "path": name}
     else:
         checkpoint = load_checkpoint(source)
     state_dict = checkpoint["state_dict"]

@@ -44,13 +44,19 @@ def _env_int(name: str, default: int) -> int:
 
 
 def resolve_device(device: Union[str, torch.device], local_rank: int = 0) -> torch.device:
-    """``'cuda'`` becomes ``cuda:<local_rank>``; a CUDA device without CUDA is an error."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device {device} requested but CUDA is not available")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
+    """``'cuda'`` becomes ``cuda:<local_rank>``; a string that names no device, a CUDA device without CUDA or a GPU
+    index this machine lacks is a :class:`ddpseg.runtime.DeviceError` (see :func:`ddpseg.runtime.parse_device`)."""
+    from ..runtime import DeviceError, parse_device
+
+    device = parse_device(device, option="device")
+    if device.type == "cuda" and device.index is None:
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            raise DeviceError(
+                f"device cuda: process LOCAL_RANK={local_rank} takes cuda:{local_rank}, but this machine has {count} "
+                "GPU(s); start at most that many processes per machine"
+            )
+        device = torch.device("cuda", local_rank)
     return device
 
 

@@ -96,7 +96,12 @@ def build_backbone(cfg: Mapping[str, Any], load_pretrained: bool = False) -> nn.
                 "Download the file and pass its local path, e.g. "
                 "--cfg-options model.backbone.init_cfg.checkpoint=/path/to/file.pth"
             )
-        _load(backbone, checkpoint)
+        from ..engine.checkpoint import CheckpointError
+
+        try:
+            _load(backbone, checkpoint)
+        except (CheckpointError, FileNotFoundError) as err:
+            raise CheckpointError(f"model.backbone.init_cfg.checkpoint: {err}") from err
     return backbone
 
 

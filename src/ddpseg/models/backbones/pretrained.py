@@ -12,7 +12,6 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, Mapping, Union
 
-import torch
 from torch import Tensor, nn
 
 __all__ = [
@@ -29,22 +28,23 @@ StateDictSource = Union[str, PathLike, Mapping[str, Any]]
 
 
 def read_checkpoint(path: Union[str, PathLike]) -> dict[str, Any]:
-    """Load a ``.safetensors`` file or a ``.pth``/``.pt``/``.bin`` file with ``weights_only=True``."""
+    """Load a ``.safetensors`` file or a ``.pth``/``.pt``/``.bin`` file with ``weights_only=True``.
+
+    Reads through :mod:`ddpseg.engine.checkpoint`, so a file that is empty, not a checkpoint, corrupt, or holds
+    pickled objects beyond tensors raises its :class:`~ddpseg.engine.checkpoint.CheckpointError` naming the file;
+    pickled code is never executed.
+    """
+    from ...engine.checkpoint import CheckpointError, load_safetensors, torch_load
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return dict(load_file(str(path), device="cpu"))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors come in many types; the message is what matters
-        raise RuntimeError(
-            f"could not read {path} with torch.load(weights_only=True): {err}. "
-            "If the file holds pickled Python objects beyond tensors, re-save only its state dict "
-            "(torch.save(ckpt['state_dict'], 'weights.pth')) from a trusted environment."
-        ) from err
+        return load_safetensors(path)
+    obj = torch_load(path)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict of tensors (a state dict)")
+    return obj
 
 
 def unwrap_state_dict(obj: Mapping[str, Any], source: str = "state dict") -> dict[str, Tensor]:
