@@ -106,8 +106,8 @@ def check_optimizer_config(cfg: Any) -> None:
                                    "'DefaultOptimizerConstructor' (paramwise_cfg) is implemented")
     arguments = {name: p.default for name, p in inspect.signature(OPTIMIZERS[opt_type]).parameters.items()
                  if name != "params" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    check_keys(cfg, {"type", "paramwise_cfg", "constructor", "_delete_", *arguments}, f"optimizer ({opt_type})",
-               error=OptimizerConfigError)
+    check_keys({k: v for k, v in cfg.items() if k != "_delete_"}, {"type", "paramwise_cfg", "constructor", *arguments},
+               f"optimizer ({opt_type})", error=OptimizerConfigError)
     if "lr" not in cfg:
         raise OptimizerConfigError(f"optimizer config for {opt_type} must set 'lr'")
     for name, value in cfg.items():
