@@ -29,6 +29,7 @@ from ddpseg.engine.distributed import get_rank, get_world_size
 from ddpseg.engine.outputs import check_output_dir
 from ddpseg.evaluation.metrics import ALLOWED_METRICS, SegEvaluator
 from ddpseg.evaluation.tta import aug_test_probs, image_generator
+from ddpseg.models.segmentor import check_steps
 from ddpseg.visualize import overlay, save_image
 
 __all__ = ["AUG_TEST_RATIOS", "enable_aug_test", "evaluate_dataset", "format_tables"]
@@ -127,6 +128,8 @@ def evaluate_dataset(
         )
     if not 0 < opacity <= 1:
         raise ValueError(f"opacity must be in (0, 1], got {opacity}")
+    if steps is not None:
+        check_steps(steps)
     format_args = dict(format_args or {})
     if format_only:
         if "imgfile_prefix" not in format_args:
