@@ -151,6 +151,9 @@ def test_load_from_with_another_class_count_names_the_keys(tmp_path, data_root, 
         (["optimizer.weight_decayy=1"], "unknown key 'weight_decayy' (did you mean 'weight_decay'?) in optimizer"),
         (["evaluation.save_best=mDice"], "evaluation.save_best='mDice' is not a result of evaluation.metric='mIoU'"),
         (["data.samples_per_gpu=two"], "data.samples_per_gpu must be an integer >= 1, got 'two'"),
+        (["model.timesteps=three"], "model.timesteps must be an integer >= 1, got 'three'"),
+        (["model.auxiliary_head.num_classes=4"], "model.auxiliary_head.num_classes (4) must equal"),
+        (["model.neck.0.in_channels=[32,64,128,128]"], "must be the channels of the backbone's feature maps"),
     ],
 )
 def test_bad_configs_fail_naming_the_key_or_file(options, message, tmp_path, data_root, capsys):

@@ -75,6 +75,9 @@ def test_unrelated_free_variables_still_load(tmp_path):
         ({"data.train_dataloader": {"drop_last": "no"}}, r"data\.train_dataloader\.drop_last must be True or False"),
         ({"data.val_dataloader": {"workers_per_gpu": "2"}}, r"data\.val_dataloader\.workers_per_gpu must be an integer"),
         ({"evaluation.metric": 5}, r"evaluation\.metric must be a metric name or a list of them"),
+        ({"model.timesteps": 2.5}, r"model\.timesteps must be an integer >= 1, got 2\.5"),
+        ({"model.decode_head.num_classes": 0}, r"model\.decode_head\.num_classes must be an integer >= 1, got 0"),
+        ({"model.test_cfg.mod": "slide"}, r"unknown key 'mod' \(did you mean 'mode'\?\) in model\.test_cfg"),
     ],
 )
 def test_misspelt_keys_and_wrong_types_in_sections_are_named(options, message):

@@ -84,8 +84,9 @@ def default_work_dir(config: Union[PathLike, Config]) -> Path:
 
 def check_train_config(cfg: Config) -> None:
     """Fail before any work for a config training cannot use: missing sections, a misspelt top-level section
-    (``runer``), unknown keys or wrongly typed values in ``data``, ``evaluation`` (also a ``save_best`` the metrics
-    do not produce), ``runner``, ``checkpoint_config``, ``log_config``, ``optimizer`` and ``lr_config``."""
+    (``runer``), a model config :func:`~ddpseg.models.build.build_model` refuses, unknown keys or wrongly typed
+    values in ``data``, ``evaluation`` (also a ``save_best`` the metrics do not produce), ``runner``,
+    ``checkpoint_config``, ``log_config``, ``optimizer`` and ``lr_config``."""
     where = cfg.filename or "<config>"
     try:
         _check_sections(cfg)
@@ -99,6 +100,7 @@ def _check_sections(cfg: Config) -> None:
         raise ConfigError(f"no {', '.join(repr(s) for s in missing)} section; training needs "
                           f"{', '.join(REQUIRED_SECTIONS)}")
     _check_top_level(cfg)
+    _check_model(cfg.model)
     check_keys(cfg.data, DATA_KEYS, "data")
     if "train" not in cfg.data:
         raise ConfigError("data has no 'train' dataset")
@@ -133,6 +135,19 @@ def _check_top_level(cfg: Config) -> None:
                        else f"no '{close[0]}' would be set")
             raise ConfigError(f"unknown top-level key '{key}' (did you mean '{close[0]}'?); training does "
                               f"not read '{key}', so {outcome}")
+
+
+def _check_model(model_cfg: Mapping[str, Any]) -> None:
+    """Build the model on the meta device (no memory, no weights, no file read): a model config error (a wrong
+    type, a neck that does not fit the backbone, ...) surfaces before the work dir and the datasets are set up.
+    Anything else is left to the real build, which reports it the same way."""
+    try:
+        with torch.device("meta"):
+            build_model(model_cfg)
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - e.g. an init that needs real tensor values; the real build runs it
+        pass
 
 
 def _check_loaders(data: Mapping[str, Any]) -> None:
