@@ -553,9 +553,9 @@ def check_int(
     """``value`` as an int, or :class:`ConfigError` (or ``error``) naming ``where``, the value and what was
     expected. Floats (``2.5``, also ``2.0``), strings and bools are refused, not converted."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        value = int(value)
-        if (minimum is None or value >= minimum) and (maximum is None or value <= maximum):
-            return value
+        number = int(value)
+        if (minimum is None or number >= minimum) and (maximum is None or number <= maximum):
+            return number
     raise error(f"{where} must be an integer{_bound(minimum, maximum)}, got {value!r}")
 
 
@@ -566,9 +566,9 @@ def check_number(
     """``value`` (an int or a float) as a float, or :class:`ConfigError` (or ``error``) naming ``where``, the
     value and what was expected. Strings (``'0.01'``) and bools are refused, not converted."""
     if isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value):
-        value = float(value)
-        if (minimum is None or value >= minimum) and (maximum is None or value <= maximum):
-            return value
+        number = float(value)
+        if (minimum is None or number >= minimum) and (maximum is None or number <= maximum):
+            return number
     raise error(f"{where} must be a number{_bound(minimum, maximum)}, got {value!r}")
 
 
