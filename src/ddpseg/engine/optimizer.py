@@ -63,7 +63,9 @@ def _validate_paramwise(paramwise_cfg: Mapping[str, Any], base_wd: float | None)
     check_keys(paramwise_cfg, PARAMWISE_KEYS, "optimizer.paramwise_cfg", error=OptimizerConfigError)
     custom_keys = paramwise_cfg.get("custom_keys", {})
     if not isinstance(custom_keys, Mapping):
-        raise OptimizerConfigError(f"optimizer.paramwise_cfg.custom_keys must be a dict, got {type(custom_keys).__name__}")
+        raise OptimizerConfigError(
+            f"optimizer.paramwise_cfg.custom_keys must be a dict, got {type(custom_keys).__name__}"
+        )
     for key, rule in custom_keys.items():
         if not isinstance(rule, Mapping) or set(rule) - {"lr_mult", "decay_mult"}:
             raise OptimizerConfigError(
@@ -99,7 +101,9 @@ def check_optimizer_config(cfg: Any) -> None:
         raise OptimizerConfigError(f"optimizer must be a dict, got {type(cfg).__name__} ({cfg!r})")
     opt_type = cfg.get("type")
     if opt_type not in OPTIMIZERS:
-        raise OptimizerConfigError(f"optimizer.type={opt_type!r} is not supported; expected one of {sorted(OPTIMIZERS)}")
+        raise OptimizerConfigError(
+            f"optimizer.type={opt_type!r} is not supported; expected one of {sorted(OPTIMIZERS)}"
+        )
     constructor = cfg.get("constructor", "DefaultOptimizerConstructor")
     if constructor != "DefaultOptimizerConstructor":
         raise OptimizerConfigError(f"optimizer.constructor={constructor!r} is not supported; only mmcv's "

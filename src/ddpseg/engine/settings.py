@@ -74,8 +74,9 @@ def _check_section_keys(section: Mapping[str, Any], allowed: tuple[str, ...], wh
 
 
 def parse_settings(cfg: Mapping[str, Any], max_iters: Optional[int] = None) -> TrainSettings:
-    """Read and check ``optimizer`` (:func:`~ddpseg.engine.optimizer.check_optimizer_config`), ``optimizer_config``, ``lr_config``, ``runner``, ``checkpoint_config``,
-    ``evaluation``, ``log_config``, ``find_unused_parameters`` and ``cudnn_benchmark``.
+    """Read and check ``optimizer`` (:func:`~ddpseg.engine.optimizer.check_optimizer_config`), ``optimizer_config``,
+    ``lr_config``, ``runner``, ``checkpoint_config``, ``evaluation``, ``log_config``, ``find_unused_parameters`` and
+    ``cudnn_benchmark``.
 
     Raises:
         SettingsError: a missing or misspelt section key, an unsupported setting or a value of the wrong type;

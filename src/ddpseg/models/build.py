@@ -40,7 +40,8 @@ def _get(section: Mapping[str, Any], key: str, where: str, default: Any) -> Any:
     return _require(section, key, where) if default is _REQUIRED else section.get(key, default)
 
 
-def _int(section: Mapping[str, Any], key: str, where: str, default: Any = _REQUIRED, minimum: Optional[int] = None) -> int:
+def _int(section: Mapping[str, Any], key: str, where: str, default: Any = _REQUIRED,
+         minimum: Optional[int] = None) -> int:
     """``section[key]`` as an int, or a ModelConfigError naming ``where.key``, the value and what was expected."""
     return check_int(_get(section, key, where, default), f"{where}.{key}", minimum=minimum, error=ModelConfigError)
 
@@ -441,7 +442,9 @@ def _diffusion_arguments(cfg: Mapping[str, Any]) -> Dict[str, Any]:
         low, high = (check_number(v, f"model.sample_range[{i}]", minimum=0, maximum=1, error=ModelConfigError)
                      for i, v in enumerate(value))
         if low >= high:
-            raise ModelConfigError(f"model.sample_range must be a pair (t_min, t_max) with t_min < t_max, got {value!r}")
+            raise ModelConfigError(
+                f"model.sample_range must be a pair (t_min, t_max) with t_min < t_max, got {value!r}"
+            )
         kwargs["sample_range"] = tuple(value)
     for key, choices in (("noise_schedule", ("cosine", "linear")), ("diffusion", ("ddim", "ddpm"))):
         if key in cfg:
