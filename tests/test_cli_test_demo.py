@@ -195,6 +195,26 @@ def test_evaluate_dataset_matches_the_command_and_keeps_the_training_mode(traine
     assert capsys.readouterr().out == ""
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(steps=2.5), r"steps must be an integer >= 1 .*got 2\.5"),
+        (dict(format_only=True, format_args=dict(imgfile_prefx="x")),
+         r"unknown key 'imgfile_prefx' \(did you mean 'imgfile_prefix'\?\) in format_args"),
+        (dict(format_only=True, format_args=dict(imgfile_prefix="x", to_label_id="no")), r"to_label_id must be True or False"),
+    ],
+)
+def test_evaluate_dataset_refuses_bad_arguments_before_the_first_image(trained, tmp_path, kwargs, message):
+    from ddpseg.data.build import build_dataset
+    from ddpseg.engine.evaluate import evaluate_dataset
+
+    config, checkpoint = trained
+    model = ddpseg.init_model(config, checkpoint)
+    with pytest.raises(ValueError, match=message):
+        evaluate_dataset(model, build_dataset(model.cfg.data.test), progress=False, show_dir=tmp_path / "show", **kwargs)
+    assert not (tmp_path / "show").exists()
+
+
 def test_dist_test_with_two_gloo_processes_gives_the_numbers_of_one_process(trained, tmp_path):
     config, checkpoint = trained
     with socket.socket() as s:
@@ -253,6 +273,13 @@ def test_class_mismatches_are_clear_errors(trained, tmp_path, capsys):
         (["--eval", "cityscapes"], "--format-only"),
         (["--eval", "mIoU", "--out", "x.pkl"], "JSON"),
         ([], "at least one operation"),
+        (["--eval", "mIoU", "--eval-options", "foo=1"], "unknown key 'foo' in --eval-options"),
+        (["--eval", "mIoU", "--eval-options", "imgfile_prefix=x"], "only used with --format-only"),
+        (["--format-only", "--eval-options", "imgfile_prefx=x"],
+         "unknown key 'imgfile_prefx' (did you mean 'imgfile_prefix'?) in --eval-options (with --format-only)"),
+        (["--format-only", "--eval-options", "to_label_id=yes"], "to_label_id must be True or False, got 'yes'"),
+        (["--eval", "mIoU", "--cfg-options", "model.test_cfg.mod=slide"],
+         "unknown key 'mod' (did you mean 'mode'?) in model.test_cfg"),
     ],
 )
 def test_bad_test_arguments_are_reported(trained, capsys, args, message):

@@ -6,7 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from ddpseg.config import Config, ConfigDict, ConfigError, DictAction, check_keys, parse_cfg_options
+from ddpseg.config import (
+    Config,
+    ConfigDict,
+    ConfigError,
+    DictAction,
+    check_bool,
+    check_int,
+    check_keys,
+    check_number,
+    parse_cfg_options,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -437,3 +447,28 @@ def test_check_keys_names_unknown_key_section_and_close_match():
     assert "did you mean 'num_classes'" in message and "allowed keys: channels, in_channels" in message
     with pytest.raises(ConfigError, match="must be a dict"):
         check_keys([1], allowed, "model.neck")
+
+
+def test_check_keys_raises_the_given_config_error_subclass():
+    class SectionError(ConfigError):
+        pass
+
+    with pytest.raises(SectionError, match="unknown key 'x' in s"):
+        check_keys({"x": 1}, ["y"], "s", error=SectionError)
+
+
+def test_typed_value_checks_name_the_key_the_value_and_what_was_expected():
+    assert check_int(3, "a.b", minimum=1) == 3 and check_number(1, "a.b") == 1.0 and check_bool(False, "a.b") is False
+    cases = [
+        (lambda: check_int("two", "data.samples_per_gpu", minimum=1), r"data\.samples_per_gpu must be an integer >= 1, got 'two'"),
+        (lambda: check_int(2.0, "a.n"), r"a\.n must be an integer, got 2\.0"),
+        (lambda: check_int(True, "a.n"), r"a\.n must be an integer, got True"),
+        (lambda: check_int(5, "a.n", minimum=0, maximum=3), r"a\.n must be an integer in \[0, 3\], got 5"),
+        (lambda: check_number("0.01", "model.bit_scale"), r"model\.bit_scale must be a number, got '0\.01'"),
+        (lambda: check_number(float("nan"), "a.x"), r"a\.x must be a number, got nan"),
+        (lambda: check_number(-1, "a.x", minimum=0), r"a\.x must be a number >= 0, got -1$"),
+        (lambda: check_bool("false", "a.flag"), r"a\.flag must be True or False, got 'false'"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            call()

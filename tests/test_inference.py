@@ -81,6 +81,12 @@ def test_same_generator_seed_or_same_noise_give_the_same_result(model, picture):
         ddpseg.inference(model, picture, noise=torch.zeros(1, 64, 8, 8))
 
 
+@pytest.mark.parametrize("steps", [2.5, 0])
+def test_a_fractional_or_zero_step_count_is_refused(model, picture, steps):
+    with pytest.raises(ValueError, match=rf"steps must be an integer >= 1 .*got {steps}"):
+        ddpseg.inference(model, picture, steps=steps)
+
+
 def test_one_step_has_no_step_disagreement(model, picture):
     result = ddpseg.inference(model, picture, steps=1, generator=gen())
     assert not result.step_disagreement.any()

@@ -25,6 +25,7 @@ import difflib
 import json
 import keyword
 import math
+import numbers
 import re
 import types
 from argparse import Action
@@ -37,7 +38,10 @@ __all__ = [
     "ConfigDict",
     "ConfigError",
     "DictAction",
+    "check_bool",
+    "check_int",
     "check_keys",
+    "check_number",
     "parse_cfg_options",
 ]
 
@@ -509,14 +513,16 @@ class DictAction(Action):
         setattr(namespace, self.dest, merged)
 
 
-def check_keys(section: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
-    """Raise :class:`ConfigError` if ``section`` has a key outside ``allowed``.
+def check_keys(
+    section: Mapping[str, Any], allowed: Iterable[str], where: str, *, error: type[ConfigError] = ConfigError
+) -> None:
+    """Raise :class:`ConfigError` (or its subclass ``error``) if ``section`` has a key outside ``allowed``.
 
     ``where`` is the section's path for the message (e.g. ``'model.decode_head'``). The message names
     every unknown key, suggests the closest allowed key, and lists the allowed keys.
     """
     if not isinstance(section, Mapping):
-        raise ConfigError(f"{where} must be a dict, got {type(section).__name__} ({section!r})")
+        raise error(f"{where} must be a dict, got {type(section).__name__} ({section!r})")
     allowed = sorted(set(allowed))
     unknown = [key for key in section if key not in allowed]
     if not unknown:
@@ -526,7 +532,48 @@ def check_keys(section: Mapping[str, Any], allowed: Iterable[str], where: str) -
         close = difflib.get_close_matches(str(key), allowed, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         problems.append(f"'{key}'{hint}")
-    raise ConfigError(
+    raise error(
         f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(problems)} in {where}; "
         f"allowed keys: {', '.join(allowed)}"
     )
+
+
+def _bound(minimum: float | None, maximum: float | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f" in [{minimum}, {maximum}]"
+    if minimum is not None:
+        return f" >= {minimum}"
+    return f" <= {maximum}" if maximum is not None else ""
+
+
+def check_int(
+    value: Any, where: str, *, minimum: int | None = None, maximum: int | None = None,
+    error: type[ConfigError] = ConfigError,
+) -> int:
+    """``value`` as an int, or :class:`ConfigError` (or ``error``) naming ``where``, the value and what was
+    expected. Floats (``2.5``, also ``2.0``), strings and bools are refused, not converted."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        number = int(value)
+        if (minimum is None or number >= minimum) and (maximum is None or number <= maximum):
+            return number
+    raise error(f"{where} must be an integer{_bound(minimum, maximum)}, got {value!r}")
+
+
+def check_number(
+    value: Any, where: str, *, minimum: float | None = None, maximum: float | None = None,
+    error: type[ConfigError] = ConfigError,
+) -> float:
+    """``value`` (an int or a float) as a float, or :class:`ConfigError` (or ``error``) naming ``where``, the
+    value and what was expected. Strings (``'0.01'``) and bools are refused, not converted."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value):
+        number = float(value)
+        if (minimum is None or number >= minimum) and (maximum is None or number <= maximum):
+            return number
+    raise error(f"{where} must be a number{_bound(minimum, maximum)}, got {value!r}")
+
+
+def check_bool(value: Any, where: str, *, error: type[ConfigError] = ConfigError) -> bool:
+    """``value`` if it is True or False, else :class:`ConfigError` (or ``error``) naming ``where``."""
+    if isinstance(value, bool):
+        return value
+    raise error(f"{where} must be True or False, got {value!r}")

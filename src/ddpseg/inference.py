@@ -27,7 +27,7 @@ from .data.image_io import DataError, read_image
 from .data.loader import collate
 from .data.transforms import Compose, make_rng
 from .evaluation.tta import grouped_softmax, merged_scores, undo_flip
-from .models.segmentor import DDP, SamplerTrace
+from .models.segmentor import DDP, SamplerTrace, check_steps
 from .visualize import PaletteSpec, entropy, get_palette, overlay, save_image, step_disagreement
 
 __all__ = ["SegResult", "inference", "load_image", "show_result", "test_pipeline"]
@@ -199,6 +199,8 @@ def inference(
     """
     if not hasattr(model, "cfg"):
         raise ValueError("the model has no .cfg; build it with ddpseg.init_model(config, checkpoint)")
+    if steps is not None:
+        check_steps(steps)
     bgr, filename = load_image(image)
     batch = _prepare(model, bgr, filename)
     imgs, metas = batch["img"], batch["img_metas"]

@@ -69,6 +69,8 @@ def test_state_dict_round_trip_restores_base_lrs():
     [
         (dict(policy="step", step=[10]), "policy"),
         (dict(policy="poly", by_epoch=True), "by_epoch"),
+        (dict(policy="poly", power="x"), r"lr_config\.power must be a number >= 0, got 'x'"),
+        (dict(policy="poly", min_lr="0"), r"lr_config\.min_lr must be a number >= 0, got '0'"),
         (dict(policy="poly", warmup="cosine", warmup_iters=5), "warmup"),
         (dict(policy="poly", warmup="linear", warmup_iters=0), "warmup_iters"),
         (dict(policy="poly", warmup_ratios=0.1), "unknown keys"),

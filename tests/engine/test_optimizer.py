@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from ddpseg.engine.optimizer import build_optimizer
+from ddpseg.engine.optimizer import OptimizerConfigError, build_optimizer, check_optimizer_config
 
 
 class Net(nn.Module):
@@ -109,8 +109,40 @@ def test_bad_optimizer_configs_raise_clear_errors():
         build_optimizer(model, dict(type="LAMB", lr=1.0))
     with pytest.raises(ValueError, match="weight_decay"):
         build_optimizer(model, dict(type="SGD", lr=1.0, paramwise_cfg=dict(custom_keys={"x": dict(decay_mult=0.0)})))
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(OptimizerConfigError, match=r"unknown key 'bias_lr_mul' \(did you mean 'bias_lr_mult'\?\)"):
         build_optimizer(model, dict(type="SGD", lr=1.0, paramwise_cfg=dict(bias_lr_mul=2.0)))
+
+
+@pytest.mark.parametrize(
+    "cfg, message",
+    [
+        (dict(type="AdamW", lr=1e-3, weight_decayy=1),
+         r"unknown key 'weight_decayy' \(did you mean 'weight_decay'\?\) in optimizer \(AdamW\)"),
+        (dict(type="SGD", lr=0.1, betas=(0.9, 0.99)), r"unknown key 'betas' in optimizer \(SGD\); allowed keys: .*momentum"),
+        (dict(type="AdamW", lr="fast"), r"optimizer\.lr must be a number >= 0, got 'fast'"),
+        (dict(type="AdamW", lr=1e-3, betas=0.9), r"optimizer\.betas must be a pair of numbers"),
+        (dict(type="AdamW", lr=1e-3, amsgrad="yes"), r"optimizer\.amsgrad must be True or False, got 'yes'"),
+        (dict(type="SGD"), "must set 'lr'"),
+        (dict(type="SGD", lr=0.1, constructor="LayerDecayOptimizerConstructor"), "optimizer.constructor"),
+        (dict(type="SGD", lr=0.1, paramwise_cfg=dict(bias_lr_mult="2")), r"optimizer\.paramwise_cfg\.bias_lr_mult must be a number"),
+        (dict(type="SGD", lr=0.1, weight_decay=0.1, paramwise_cfg=dict(custom_keys={"norm": dict(decay_mult="0")})),
+         r"custom_keys\['norm'\]\.decay_mult must be a number"),
+        ("AdamW", "optimizer must be a dict"),
+    ],
+)
+def test_optimizer_config_errors_name_the_key_before_anything_is_built(cfg, message):
+    with pytest.raises(OptimizerConfigError, match=message):
+        check_optimizer_config(cfg)
+    with pytest.raises(OptimizerConfigError, match=message):
+        build_optimizer(Net(), cfg)
+
+
+def test_every_constructor_argument_and_mmcv_constructor_key_is_accepted():
+    check_optimizer_config(dict(type="SGD", lr=0.1, momentum=0.9, dampening=0, weight_decay=1e-4, nesterov=True,
+                                constructor="DefaultOptimizerConstructor"))
+    optimizer = build_optimizer(Net(), dict(type="AdamW", lr=1e-3, betas=[0.9, 0.99], eps=1e-6, amsgrad=True,
+                                            constructor="DefaultOptimizerConstructor"))
+    assert optimizer.defaults["amsgrad"] is True and tuple(optimizer.defaults["betas"]) == (0.9, 0.99)
 
 
 def test_param_name_fn_matches_custom_keys_against_the_original_names():

@@ -84,3 +84,18 @@ def test_sampled_logits_are_channels_last(mini_model):
     img = torch.randn(1, 3, 64, 128)
     logits = mini_model.sample_logits(img, steps=1)
     assert logits.is_contiguous(memory_format=torch.channels_last) and logits.stride()[0] == logits[0].numel()
+
+
+@pytest.mark.parametrize("steps", [2.5, 2.0, 0, -1, "2", True])
+def test_a_step_count_that_is_not_a_positive_integer_is_refused_not_truncated(mini_model, steps):
+    img = torch.zeros(1, 3, 32, 32)
+    with pytest.raises(ValueError, match=rf"steps must be an integer >= 1 \(the number of diffusion steps\), got {steps!r}"):
+        mini_model.sample_logits(img, steps=steps)
+
+
+def test_integer_like_step_counts_are_accepted(mini_model):
+    import numpy as np
+
+    img, noise = torch.zeros(1, 3, 32, 32), torch.randn(1, 64, 8, 8)
+    expected = mini_model.sample_logits(img, steps=2, noise=noise)
+    torch.testing.assert_close(mini_model.sample_logits(img, steps=np.int64(2), noise=noise), expected)

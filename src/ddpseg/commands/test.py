@@ -96,6 +96,26 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise ValueError(f"--launcher {args.launcher} is not supported; use torchrun (tools/dist_test.sh)")
     if args.show:
         warnings.warn("--show opens no window in ddpseg; use --show-dir DIR to save the drawings", stacklevel=2)
+    _check_eval_options(args)
+
+
+def _check_eval_options(args: argparse.Namespace) -> None:
+    """mmseg hands ``--eval-options`` to ``dataset.format_results`` (with ``--format-only``) or
+    ``dataset.evaluate``; a key neither reads must not be dropped silently."""
+    from ..config import check_bool, check_keys
+    from ..engine.evaluate import FORMAT_KEYS
+
+    options = dict(args.eval_options or {})
+    options.pop("efficient_test", None)  # mmseg's deprecated flag: accepted, no effect
+    if args.format_only:
+        check_keys(options, FORMAT_KEYS, "--eval-options (with --format-only)")
+        check_bool(options.get("to_label_id", True), "--eval-options to_label_id")
+        return
+    formatting = [key for key in options if key in FORMAT_KEYS]
+    if formatting:
+        raise ValueError(f"--eval-options {', '.join(formatting)}: only used with --format-only (the metrics of "
+                         "--eval take no options)")
+    check_keys(options, ("efficient_test",), "--eval-options")
 
 
 def _json_path(args: argparse.Namespace) -> Optional[Path]:
@@ -126,6 +146,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..engine.evaluate import evaluate_dataset
     from ..engine.outputs import check_output_file
     from ..engine.rng import set_random_seed
+    from ..models.build import check_test_cfg
     from ..runtime import autocast_for, speed_up_encoder, speedup_settings
 
     _check_arguments(args)
@@ -151,7 +172,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         model = init_model(cfg, args.checkpoint, device=device)
         speed_up_encoder(model, channels_last=speedups.channels_last, compile=speedups.compile)
         if cfg.get("test_cfg") and "test_cfg" not in cfg.model:  # old configs keep it at the top level
-            model.test_cfg = dict(cfg.test_cfg)
+            model.test_cfg = check_test_cfg(cfg.test_cfg, "test_cfg")
         data_cfg = cfg.data
         workers = data_cfg.get("test_dataloader", {}).get("workers_per_gpu", data_cfg.get("workers_per_gpu", 0))
         with autocast_for(device, speedups.amp):

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ddpseg.config import check_bool, check_keys
 from ddpseg.data.build import build_test_dataloader
 from ddpseg.data.datasets import CustomDataset
 from ddpseg.data.image_io import read_image
@@ -29,14 +30,18 @@ from ddpseg.engine.distributed import get_rank, get_world_size
 from ddpseg.engine.outputs import check_output_dir
 from ddpseg.evaluation.metrics import ALLOWED_METRICS, SegEvaluator
 from ddpseg.evaluation.tta import aug_test_probs, image_generator
+from ddpseg.models.segmentor import check_steps
 from ddpseg.visualize import overlay, save_image
 
-__all__ = ["AUG_TEST_RATIOS", "enable_aug_test", "evaluate_dataset", "format_tables"]
+__all__ = ["AUG_TEST_RATIOS", "FORMAT_KEYS", "enable_aug_test", "evaluate_dataset", "format_tables"]
 
 # ``--aug-test`` of the original's tools/test.py: these scales of the test scale, each also flipped.
 AUG_TEST_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+# The ``format_args`` a dataset's ``format_results`` takes (mmseg 0.x: Cityscapes / ADE20K), ``--eval-options``.
+FORMAT_KEYS = ("imgfile_prefix", "to_label_id")
 
 
 def enable_aug_test(dataset: CustomDataset, ratios: Sequence[float] = AUG_TEST_RATIOS) -> None:
@@ -127,8 +132,12 @@ def evaluate_dataset(
         )
     if not 0 < opacity <= 1:
         raise ValueError(f"opacity must be in (0, 1], got {opacity}")
+    if steps is not None:
+        check_steps(steps)
     format_args = dict(format_args or {})
     if format_only:
+        check_keys(format_args, FORMAT_KEYS, "format_args (--eval-options)")
+        check_bool(format_args.get("to_label_id", True), "format_args (--eval-options) to_label_id")
         if "imgfile_prefix" not in format_args:
             raise ValueError("format_only needs format_args['imgfile_prefix'] (--eval-options imgfile_prefix=DIR)")
         check_output_dir(format_args["imgfile_prefix"], "--format-only output folder")

@@ -20,6 +20,8 @@ from typing import Any, Optional
 
 import torch
 
+from ddpseg.config import check_number
+
 WARMUP_TYPES = ("constant", "linear", "exp")
 LR_CONFIG_KEYS = frozenset(
     {"policy", "power", "min_lr", "by_epoch", "warmup", "warmup_iters", "warmup_ratio", "warmup_by_epoch", "_delete_"}
@@ -101,6 +103,9 @@ class PolyLrSchedule:
             raise ValueError(f"lr_config.policy={policy!r} is not supported; only 'poly' is implemented")
         if lr_config.get("by_epoch", False) or lr_config.get("warmup_by_epoch", False):
             raise ValueError("lr_config.by_epoch / warmup_by_epoch must be False: training is iteration-based")
+        for key in ("power", "min_lr"):
+            if key in lr_config:
+                check_number(lr_config[key], f"lr_config.{key}", minimum=0)
         return cls(
             base_lrs,
             max_iters,

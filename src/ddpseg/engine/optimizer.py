@@ -18,6 +18,7 @@ Parameters with ``requires_grad=False`` still get a (plain) group, as in mmcv.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Mapping
 from typing import Any, Callable
@@ -26,6 +27,13 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
+
+from ddpseg.config import ConfigError, check_bool, check_keys, check_number
+
+
+class OptimizerConfigError(ConfigError):
+    """The config's ``optimizer`` section is invalid: unknown type or key, or a value of the wrong type."""
+
 
 # One explicit table: config ``type`` -> optimizer class.
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -51,23 +59,80 @@ _NORM_TYPES = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
 
 def _validate_paramwise(paramwise_cfg: Mapping[str, Any], base_wd: float | None) -> None:
     if not isinstance(paramwise_cfg, Mapping):
-        raise TypeError(f"optimizer.paramwise_cfg must be a dict, got {type(paramwise_cfg).__name__}")
-    unknown = set(paramwise_cfg) - PARAMWISE_KEYS
-    if unknown:
-        raise ValueError(f"optimizer.paramwise_cfg has unknown keys {sorted(unknown)}; known: {sorted(PARAMWISE_KEYS)}")
+        raise OptimizerConfigError(f"optimizer.paramwise_cfg must be a dict, got {type(paramwise_cfg).__name__}")
+    check_keys(paramwise_cfg, PARAMWISE_KEYS, "optimizer.paramwise_cfg", error=OptimizerConfigError)
     custom_keys = paramwise_cfg.get("custom_keys", {})
     if not isinstance(custom_keys, Mapping):
-        raise TypeError(f"optimizer.paramwise_cfg.custom_keys must be a dict, got {type(custom_keys).__name__}")
+        raise OptimizerConfigError(
+            f"optimizer.paramwise_cfg.custom_keys must be a dict, got {type(custom_keys).__name__}"
+        )
     for key, rule in custom_keys.items():
         if not isinstance(rule, Mapping) or set(rule) - {"lr_mult", "decay_mult"}:
-            raise ValueError(
+            raise OptimizerConfigError(
                 f"optimizer.paramwise_cfg.custom_keys[{key!r}] must be a dict with lr_mult and/or decay_mult, got {rule!r}"
             )
+        for mult, value in rule.items():
+            check_number(value, f"optimizer.paramwise_cfg.custom_keys[{key!r}].{mult}", minimum=0,
+                         error=OptimizerConfigError)
         if "decay_mult" in rule and base_wd is None:
-            raise ValueError(f"custom_keys[{key!r}] sets decay_mult but optimizer.weight_decay is not set")
+            raise OptimizerConfigError(f"custom_keys[{key!r}] sets decay_mult but optimizer.weight_decay is not set")
+    for key in ("bias_lr_mult", "bias_decay_mult", "norm_decay_mult", "dwconv_decay_mult", "dcn_offset_lr_mult"):
+        if key in paramwise_cfg:
+            check_number(paramwise_cfg[key], f"optimizer.paramwise_cfg.{key}", minimum=0, error=OptimizerConfigError)
     for key in ("bias_decay_mult", "norm_decay_mult", "dwconv_decay_mult"):
         if key in paramwise_cfg and base_wd is None:
-            raise ValueError(f"optimizer.paramwise_cfg.{key} is set but optimizer.weight_decay is not set")
+            raise OptimizerConfigError(f"optimizer.paramwise_cfg.{key} is set but optimizer.weight_decay is not set")
+    if "bypass_duplicate" in paramwise_cfg:
+        check_bool(paramwise_cfg["bypass_duplicate"], "optimizer.paramwise_cfg.bypass_duplicate",
+                   error=OptimizerConfigError)
+
+
+def check_optimizer_config(cfg: Any) -> None:
+    """Check the config's ``optimizer`` section without building anything (what :func:`build_optimizer` reads).
+
+    ``type`` must be one of :data:`OPTIMIZERS`; the other keys are that optimizer's constructor arguments (as
+    mmcv passes them on), ``paramwise_cfg`` and mmcv's ``constructor='DefaultOptimizerConstructor'``. Numbers
+    and flags are checked by type, so ``lr='fast'`` or ``weight_decayy=1`` fail here, naming the key.
+
+    Raises:
+        OptimizerConfigError: naming the key, the value and what was expected.
+    """
+    if not isinstance(cfg, Mapping):
+        raise OptimizerConfigError(f"optimizer must be a dict, got {type(cfg).__name__} ({cfg!r})")
+    opt_type = cfg.get("type")
+    if opt_type not in OPTIMIZERS:
+        raise OptimizerConfigError(
+            f"optimizer.type={opt_type!r} is not supported; expected one of {sorted(OPTIMIZERS)}"
+        )
+    constructor = cfg.get("constructor", "DefaultOptimizerConstructor")
+    if constructor != "DefaultOptimizerConstructor":
+        raise OptimizerConfigError(f"optimizer.constructor={constructor!r} is not supported; only mmcv's "
+                                   "'DefaultOptimizerConstructor' (paramwise_cfg) is implemented")
+    arguments = {name: p.default for name, p in inspect.signature(OPTIMIZERS[opt_type]).parameters.items()
+                 if name != "params" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    check_keys({k: v for k, v in cfg.items() if k != "_delete_"}, {"type", "paramwise_cfg", "constructor", *arguments},
+               f"optimizer ({opt_type})", error=OptimizerConfigError)
+    if "lr" not in cfg:
+        raise OptimizerConfigError(f"optimizer config for {opt_type} must set 'lr'")
+    for name, value in cfg.items():
+        if name not in arguments:
+            continue
+        default = arguments[name]
+        if name == "betas":
+            if not (isinstance(value, (list, tuple)) and len(value) == 2):
+                raise OptimizerConfigError(f"optimizer.betas must be a pair of numbers in [0, 1), got {value!r}")
+            for i, beta in enumerate(value):
+                check_number(beta, f"optimizer.betas[{i}]", minimum=0, maximum=1, error=OptimizerConfigError)
+        elif isinstance(default, bool):
+            check_bool(value, f"optimizer.{name}", error=OptimizerConfigError)
+        elif default is None and name in ("foreach", "fused"):
+            if value is not None:
+                check_bool(value, f"optimizer.{name}", error=OptimizerConfigError)
+        elif isinstance(default, (int, float)):
+            check_number(value, f"optimizer.{name}", minimum=0, error=OptimizerConfigError)
+    paramwise_cfg = cfg.get("paramwise_cfg") or {}
+    if paramwise_cfg:
+        _validate_paramwise(paramwise_cfg, cfg.get("weight_decay"))
 
 
 def build_param_groups(
@@ -145,18 +210,14 @@ def build_optimizer(
     ``weight_decay``, ``momentum``, ...) and optionally ``paramwise_cfg``. A DDP-wrapped model is unwrapped first.
     ``param_name_fn``: see :func:`build_param_groups`.
     """
-    if not isinstance(cfg, Mapping):
-        raise TypeError(f"optimizer config must be a dict, got {type(cfg).__name__}")
+    check_optimizer_config(cfg)
     kwargs = dict(cfg)
-    opt_type = kwargs.pop("type", None)
-    if opt_type not in OPTIMIZERS:
-        raise ValueError(f"optimizer.type={opt_type!r} is not supported; expected one of {sorted(OPTIMIZERS)}")
+    opt_type = kwargs.pop("type")
     paramwise_cfg = kwargs.pop("paramwise_cfg", None) or {}
     kwargs.pop("_delete_", None)
+    kwargs.pop("constructor", None)
     if hasattr(model, "module"):  # DistributedDataParallel / DataParallel: group names come from the inner model
         model = model.module
-    if "lr" not in kwargs:
-        raise ValueError(f"optimizer config for {opt_type} must set 'lr'")
     if not paramwise_cfg:
         params: Any = model.parameters()
     else:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 import ddpseg
-from ddpseg.config import Config, ConfigError, check_keys
+from ddpseg.config import Config, ConfigError, check_bool, check_int, check_keys
 from ddpseg.convert import convert_official_state_dict, is_official_state_dict
 from ddpseg.data.build import build_dataset
+from ddpseg.data.datasets import DATASETS
 from ddpseg.data.loader import make_train_loader_fn
 from ddpseg.engine.checkpoint import (
     LATEST_NAME,
@@ -39,11 +40,12 @@ from ddpseg.engine.checkpoint import (
 )
 from ddpseg.engine.distributed import all_gather_objects, all_ranks_ok, init_distributed
 from ddpseg.engine.evaluate import evaluate_dataset
+from ddpseg.engine.lr_schedule import PolyLrSchedule
 from ddpseg.engine.outputs import OutputError, check_output_dir
 from ddpseg.engine.rng import seed_everything
-from ddpseg.engine.settings import parse_settings
+from ddpseg.engine.settings import best_rule, parse_settings
 from ddpseg.engine.trainer import train
-from ddpseg.evaluation.metrics import ALLOWED_METRICS
+from ddpseg.evaluation.metrics import ALLOWED_METRICS, result_keys
 from ddpseg.models.build import build_model
 from ddpseg.runtime import speedup_settings
 
@@ -56,11 +58,21 @@ TRAIN_LOADER_KEYS = ("samples_per_gpu", "workers_per_gpu", "drop_last", "shuffle
 # mmseg's EvalHook arguments that mean something here, or nothing in a single-pass iteration-based evaluation.
 EVALUATION_KEYS = ("interval", "metric", "save_best", "rule", "by_epoch", "pre_eval", "efficient_test",
                    "gpu_collect", "tmpdir")
-# Top-level names of mmseg configs, to catch a misspelt section (``evalution``) that would silently do nothing.
+# Top-level names of mmseg configs that training (or mmseg's runtime) reads, to catch a misspelt section (``runer``,
+# ``evalution``) that would silently do nothing: the base config's section would be used instead.
 KNOWN_TOP_LEVEL = (*REQUIRED_SECTIONS, "optimizer_config", "checkpoint_config", "evaluation", "log_config",
                    "load_from", "resume_from", "work_dir", "workflow", "dist_params", "log_level", "cudnn_benchmark",
-                   "find_unused_parameters", "custom_imports", "fp16", "seed", "gpu_ids", "device", "norm_cfg",
+                   "find_unused_parameters", "custom_imports", "fp16", "seed", "gpu_ids", "device",
                    "train_cfg", "test_cfg", "total_iters", "speedups")
+# Free variables of mmseg / DDP configs, used inside the file (``norm_cfg=norm_cfg``), never read by training.
+# Never taken for misspelt sections, whatever the similarity (``checkpoint_file`` is near ``checkpoint_config``).
+CONFIG_VARIABLES = ("norm_cfg", "backbone_norm_cfg", "ham_norm_cfg", "img_norm_cfg", "crop_size", "img_scale",
+                    "data_root", "dataset_type", "train_pipeline", "test_pipeline", "val_pipeline",
+                    "checkpoint_file", "checkpoint", "pretrained", "num_classes", "custom_hooks", "auto_resume",
+                    "opencv_num_threads", "mp_start_method")
+# How alike a name must be to a section name to be taken for its misspelling (difflib ratio): 'runer'/'runner'
+# 0.91, 'evalution'/'evaluation' 0.95, 'optimiser'/'optimizer' 0.89; 'checkpoint_file'/'checkpoint_config' 0.81.
+MISSPELLING_CUTOFF = 0.85
 
 
 def default_work_dir(config: Union[PathLike, Config]) -> Path:
@@ -72,32 +84,124 @@ def default_work_dir(config: Union[PathLike, Config]) -> Path:
 
 
 def check_train_config(cfg: Config) -> None:
-    """Fail before any work for a config training cannot use: missing sections, unknown keys in ``data`` and
-    ``evaluation``, an unsupported schedule or optimizer setting (and warn about near-misses of section names)."""
+    """Fail before any work for a config training cannot use: missing sections, a misspelt top-level section
+    (``runer``), a model config :func:`~ddpseg.models.build.build_model` refuses, unknown keys or wrongly typed
+    values in ``data``, ``evaluation`` (also a ``save_best`` the metrics do not produce), ``runner``,
+    ``checkpoint_config``, ``log_config``, ``optimizer`` and ``lr_config``."""
     where = cfg.filename or "<config>"
+    try:
+        _check_sections(cfg)
+    except ConfigError as err:
+        raise type(err)(f"{where}: {err}") from None
+
+
+def _check_sections(cfg: Config) -> None:
     missing = [s for s in REQUIRED_SECTIONS if s not in cfg]
     if missing:
-        raise ConfigError(f"{where}: no {', '.join(repr(s) for s in missing)} section; training needs "
+        raise ConfigError(f"no {', '.join(repr(s) for s in missing)} section; training needs "
                           f"{', '.join(REQUIRED_SECTIONS)}")
-    for key in cfg:
-        if key not in KNOWN_TOP_LEVEL:
-            close = difflib.get_close_matches(key, KNOWN_TOP_LEVEL, n=1, cutoff=0.85)
-            if close and close[0] not in cfg:
-                warnings.warn(f"{where}: top-level key '{key}' is not read by training; did you mean '{close[0]}'?",
-                              stacklevel=2)
+    _check_top_level(cfg)
+    _check_model(cfg.model)
     check_keys(cfg.data, DATA_KEYS, "data")
     if "train" not in cfg.data:
-        raise ConfigError(f"{where}: data has no 'train' dataset")
-    check_keys(cfg.data.get("train_dataloader") or {}, TRAIN_LOADER_KEYS, "data.train_dataloader")
+        raise ConfigError("data has no 'train' dataset")
+    _check_loaders(cfg.data)
     evaluation = cfg.get("evaluation") or {}
     check_keys(evaluation, EVALUATION_KEYS, "evaluation")
+    metric = evaluation.get("metric", "mIoU")
+    if not (isinstance(metric, str) or (isinstance(metric, (list, tuple)) and metric
+                                        and all(isinstance(m, str) for m in metric))):
+        raise ConfigError(f"evaluation.metric must be a metric name or a list of them "
+                          f"({', '.join(ALLOWED_METRICS)}), got {metric!r}")
     unknown = [m for m in _metrics(evaluation) if m not in ALLOWED_METRICS]
     if unknown:
         raise ConfigError(f"evaluation.metric: unknown metric(s) {unknown}; supported: {', '.join(ALLOWED_METRICS)}")
+    settings = parse_settings(cfg)  # runner, optimizer, optimizer_config, checkpoint_config, log_config, ...
+    _check_save_best(cfg, settings.save_best, settings.rule)
+    try:  # the schedule is built only after the model and the datasets: check its section now
+        PolyLrSchedule.from_config(settings.lr_config, [float(settings.optimizer["lr"])], settings.max_iters)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+
+
+def _check_top_level(cfg: Config) -> None:
+    """A top-level key that is not a known name but looks like one (``runer``, ``evalution``) is a misspelling:
+    training would ignore it, and use the base config's section instead."""
+    for key in cfg:
+        if key in KNOWN_TOP_LEVEL or key in CONFIG_VARIABLES:
+            continue
+        close = difflib.get_close_matches(str(key), KNOWN_TOP_LEVEL, n=1, cutoff=MISSPELLING_CUTOFF)
+        if close:
+            outcome = (f"the '{close[0]}' of the config or its base would be used instead" if close[0] in cfg
+                       else f"no '{close[0]}' would be set")
+            raise ConfigError(f"unknown top-level key '{key}' (did you mean '{close[0]}'?); training does "
+                              f"not read '{key}', so {outcome}")
+
+
+def _check_model(model_cfg: Mapping[str, Any]) -> None:
+    """Build the model on the meta device (no memory, no weights, no file read): a model config error (a wrong
+    type, a neck that does not fit the backbone, ...) surfaces before the work dir and the datasets are set up.
+    Anything else is left to the real build, which reports it the same way."""
     try:
-        parse_settings(cfg)
-    except (KeyError, TypeError) as err:  # the engine's messages name the section
-        raise ConfigError(f"{where}: {err}") from None
+        with torch.device("meta"):
+            build_model(model_cfg)
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - e.g. an init that needs real tensor values; the real build runs it
+        pass
+
+
+def _check_loaders(data: Mapping[str, Any]) -> None:
+    """Batch sizes, worker counts and loader flags by type (``data.samples_per_gpu='two'``)."""
+    check_keys(data.get("train_dataloader") or {}, TRAIN_LOADER_KEYS, "data.train_dataloader")
+    for where, section in (("data", data), *((f"data.{name}", data.get(name) or {}) for name in
+                                            ("train_dataloader", "val_dataloader", "test_dataloader"))):
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"{where} must be a dict, got {section!r}")
+        if "samples_per_gpu" in section:
+            check_int(section["samples_per_gpu"], f"{where}.samples_per_gpu", minimum=1)
+        if "workers_per_gpu" in section:
+            check_int(section["workers_per_gpu"], f"{where}.workers_per_gpu", minimum=0)
+        for flag in ("drop_last", "shuffle", "persistent_workers"):
+            if flag in section:
+                check_bool(section[flag], f"{where}.{flag}")
+
+
+def _check_save_best(cfg: Config, save_best: Optional[str], rule: Optional[str]) -> None:
+    """``evaluation.save_best`` must be 'auto' or a key the configured metrics return (mmseg's EvalHook), with a
+    rule that can be inferred (mmseg refuses e.g. 'mDice' without ``rule``)."""
+    if save_best is None or save_best == "auto":
+        return
+    metrics = _metrics(cfg.get("evaluation") or {})
+    summary, per_class = result_keys(metrics)
+    prefix, dot, name = save_best.partition(".")
+    choices = f"'auto', {', '.join(repr(k) for k in summary)} or a per-class key '<{'|'.join(per_class)}>.<class>'"
+    if dot and prefix in per_class:
+        classes = _val_class_names(cfg)
+        if classes is not None and name not in classes:
+            raise ConfigError(f"evaluation.save_best={save_best!r}: the validation set has no class {name!r}; "
+                              f"its classes: {', '.join(map(str, classes))}")
+    elif save_best not in summary:
+        close = difflib.get_close_matches(save_best, summary, n=1, cutoff=0.6)
+        close += [k for k in summary if k.lower() == save_best.lower()]
+        hint = f" (did you mean '{close[-1]}'?)" if close else ""
+        raise ConfigError(f"evaluation.save_best={save_best!r}{hint} is not a result of evaluation.metric="
+                          f"{metrics if len(metrics) > 1 else metrics[0]!r}; choose from {choices}")
+    try:
+        best_rule(save_best, rule)
+    except ValueError as err:
+        raise ConfigError(f"evaluation.save_best={save_best!r}: {err}") from None
+
+
+def _val_class_names(cfg: Config) -> Optional[Sequence[str]]:
+    """The class names of ``data.val`` when the config alone tells them (None otherwise)."""
+    val = cfg.data.get("val")
+    if not isinstance(val, Mapping):
+        return None
+    classes = val.get("classes")
+    if classes is None:
+        classes = getattr(DATASETS.get(val.get("type")), "CLASSES", None)
+    return list(classes) if isinstance(classes, (list, tuple)) else None
 
 
 def _metrics(evaluation: Mapping[str, Any]) -> list[str]:

@@ -235,6 +235,15 @@ def total_area_to_metrics(
     return out
 
 
+def result_keys(metrics: Union[str, Sequence[str]] = ("mIoU",)) -> tuple[list[str], list[str]]:
+    """The keys an evaluation with ``metrics`` returns (see ``SegEvaluator.summary``): the summary keys
+    (``['aAcc', 'mIoU', 'mAcc']`` for mIoU) and the per-class prefixes (``['IoU', 'Acc']``: keys
+    ``'IoU.<class name>'``). For checking ``evaluation.save_best`` before any evaluation runs."""
+    one = torch.ones(1, dtype=torch.float64)
+    names = list(total_area_to_metrics(one, one, one, one, metrics))
+    return [n if n == "aAcc" else "m" + n for n in names], [n for n in names if n != "aAcc"]
+
+
 def eval_metrics(
     results: Iterable[LabelSource],
     gt_seg_maps: Iterable[LabelSource],

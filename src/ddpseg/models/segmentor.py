@@ -12,7 +12,8 @@ Flow (see ``GUIDE.md``):
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+import numbers
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,15 @@ from .fast_decoder import can_decode_chunked, decode_tokens_chunked
 from .heads import DeformableHeadWithTime, FCNHead, tokens_to_map
 from .necks import DDPNeck
 
-__all__ = ["DDP", "SelfAlignedDDP", "SamplerTrace"]
+__all__ = ["DDP", "SelfAlignedDDP", "SamplerTrace", "check_steps"]
+
+
+def check_steps(steps: Any) -> int:
+    """The number of sampling steps as an int >= 1; ``ValueError`` naming ``steps`` for anything else (``2.5``
+    would otherwise be truncated to 2 steps without a word)."""
+    if isinstance(steps, numbers.Integral) and not isinstance(steps, bool) and steps >= 1:
+        return int(steps)
+    raise ValueError(f"steps must be an integer >= 1 (the number of diffusion steps), got {steps!r}")
 
 
 class SamplerTrace:
@@ -189,7 +198,7 @@ class DDP(nn.Module):
         head). The loop runs on token maps (B, h·w, C), the layout the decoder and the label embedding
         use, so no step transposes a full map.
         """
-        steps = self.timesteps if steps is None else int(steps)
+        steps = self.timesteps if steps is None else check_steps(steps)
         batch, channels, h, w = x.shape
         reps = self.randsteps
         shape = (reps * batch, channels, h, w)
