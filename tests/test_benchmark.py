@@ -81,3 +81,37 @@ def test_gather_kernel_benchmark_times_both_paths_and_checks_the_kernel_against_
         assert "| native CPU kernel |" in out
         if native.msda_library().ddpseg_msda_has_fma():  # bit-equal there (tests/models/test_native.py)
             assert "max |forward − portable| 0 |" in out
+
+
+def test_cpu_peak_memory_of_a_fresh_process_excludes_its_parents():
+    """ru_maxrss of a spawned child starts at the parent's resident set; the benchmark's training step runs in
+    such a child after the inference rows, so its peak must be the child's own (VmHWM on Linux)."""
+    import multiprocessing
+    import platform
+
+    from ddpseg.benchmark import peak_memory_mib
+
+    if platform.system() != "Linux":
+        pytest.skip("VmHWM is Linux's")
+    cpu = torch.device("cpu")
+    ballast = torch.ones(800 * 2**20 // 4)  # 800 MiB resident in this process
+    parent = peak_memory_mib(cpu)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        child = pool.apply(peak_memory_mib, (cpu,))
+    assert parent > 800 and child < parent - 500, (parent, child)
+    del ballast
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "--steps must be step counts >= 1, got 0"),
+    (["--repeats", "0"], "--repeats must be >= 1, got 0"),
+    (["--shape", "8", "64"], "--shape must be two sizes >= 32"),
+    (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+])
+def test_benchmark_command_names_a_bad_number_in_one_line(args, message, capsys):
+    from ddpseg.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "configs/quickstart/ddp_convnext_mini_synthetic.py"
+    assert main(["benchmark", str(config), *args]) == 1
+    err = capsys.readouterr().err
+    assert f"ddpseg benchmark: error: {message}" in err and "Traceback" not in err

@@ -81,8 +81,21 @@ _sampled_addmm_flop._get_raw = True
 
 
 def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory so far: CUDA's allocator peak on a GPU; the process's peak resident set on the CPU.
+
+    On Linux that is ``VmHWM`` of ``/proc/self/status``, the peak of this process image: ``ru_maxrss`` is not,
+    since a child starts with its parent's resident set as its maximum and keeps it across ``exec`` (a
+    training step measured in a fresh process after a large inference run would report the parent's peak).
+    """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     scale = 1 if platform.system() == "Darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 

@@ -73,10 +73,24 @@ def run(args: argparse.Namespace) -> int:
     return report_user_errors("ddpseg benchmark", _benchmark, args)
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Numbers the measurement cannot run with, named before the model is built."""
+    if min(args.shape) < 32:
+        raise ValueError(f"--shape must be two sizes >= 32 (H W; the backbones' coarsest stride), got "
+                         f"{' '.join(map(str, args.shape))}")
+    for option, value, least in (("--batch", args.batch, 1), ("--repeats", args.repeats, 1),
+                                 ("--warmup", args.warmup, 0), ("--threads", args.threads, 1)):
+        if value is not None and value < least:
+            raise ValueError(f"{option} must be >= {least}, got {value}")
+    if min(args.steps) < 1:
+        raise ValueError(f"--steps must be step counts >= 1, got {' '.join(map(str, args.steps))}")
+
+
 def _benchmark(args: argparse.Namespace) -> int:
     from .. import kernels
     from ..benchmark import BenchmarkReport, format_report, matmul_ceiling, measure_inference
 
+    _check_arguments(args)
     torch, device, model, dtype = _setup(args)
     report = BenchmarkReport(
         config=str(args.config), shape=args.shape, batch=args.batch, device=str(device), dtype=args.amp,
