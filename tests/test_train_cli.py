@@ -149,16 +149,36 @@ def test_self_aligned_model_trains_from_an_official_checkpoint(tmp_path, data_ro
     assert json.loads((tmp_path / "aligned" / "iter_2.json").read_text())["model_config"]["type"] == "SelfAlignedDDP"
 
 
-def test_load_from_with_another_class_count_names_the_keys(tmp_path, data_root, capsys):
+def test_load_from_a_checkpoint_of_another_class_count_fine_tunes_it_with_fresh_classifiers(tmp_path, data_root, recwarn):
+    state = torch.load(FIXTURE, weights_only=True)
+    state = dict(state.get("state_dict", state))
+    for key in ("decode_head.conv_seg.weight", "decode_head.conv_seg.bias", "auxiliary_head.conv_seg.weight",
+                "auxiliary_head.conv_seg.bias"):
+        state[key] = state[key][:8]  # an 8-class model
+    state["embedding_table.weight"] = state["embedding_table.weight"][:9]  # the original name of the label embedding
+    torch.save(state, tmp_path / "eight_classes.pth")
+    assert train_cli(tmp_path / "w", "--load-from", str(tmp_path / "eight_classes.pth"),
+                     options=tiny_options(data_root)) == 0
+    messages = [str(w.message) for w in recwarn if "keep their fresh initialisation" in str(w.message)]
+    assert len(messages) == 1 and "the checkpoint predicts 8 classes, the config 19" in messages[0]
+    assert "label_encoder.embedding.weight" in messages[0] and "auxiliary_head.conv_seg.bias" in messages[0]
+    trained = load_file(tmp_path / "w" / f"iter_{ITERS}.safetensors")
+    assert trained["decode_head.conv_seg.weight"].shape[0] == 19
+    key = "backbone.downsample_layers.0.0.weight"  # loaded from the checkpoint, then moved a little by training
+    torch.testing.assert_close(trained[key], state[key], rtol=0, atol=1e-2)
+
+
+def test_load_from_with_other_mismatches_names_the_keys(tmp_path, data_root, capsys):
     state = torch.load(FIXTURE, weights_only=True)
     state = dict(state.get("state_dict", state))
     state["decode_head.conv_seg.weight"] = state["decode_head.conv_seg.weight"][:8]
     state["decode_head.conv_seg.bias"] = state["decode_head.conv_seg.bias"][:8]
-    torch.save(state, tmp_path / "eight_classes.pth")
-    assert train_cli(tmp_path / "w", "--load-from", str(tmp_path / "eight_classes.pth"),
-                     options=tiny_options(data_root)) == 1
+    state["neck.0.fpn_convs.0.conv.weight"] = state["neck.0.fpn_convs.0.conv.weight"][:, :3]  # original names
+    torch.save(state, tmp_path / "other.pth")
+    assert train_cli(tmp_path / "w", "--load-from", str(tmp_path / "other.pth"), options=tiny_options(data_root)) == 1
     err = capsys.readouterr().err
     assert "decode_head.conv_seg.weight: checkpoint (8, 64, 1, 1) vs model (19, 64, 1, 1)" in err
+    assert "fpn_convs.0.conv.weight" in err
     assert "the checkpoint predicts 8 classes, the config 19" in err
 
 

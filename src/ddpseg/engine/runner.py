@@ -220,13 +220,31 @@ def _refuse_url(path: PathLike, option: str) -> None:
                           f"pass its local path (--{option.replace('_', '-')} PATH)")
 
 
+# the parameters whose shape follows the number of classes (the classifiers and the label embedding)
+CLASS_SIZED_KEYS = ("decode_head.conv_seg.weight", "decode_head.conv_seg.bias", "auxiliary_head.conv_seg.weight",
+                    "auxiliary_head.conv_seg.bias", "label_encoder.embedding.weight")
+
+
 def load_initial_weights(model: nn.Module, path: PathLike) -> dict[str, Any]:
-    """Load ``load_from`` weights (an official ``.pth``, a ddpseg checkpoint or ``.safetensors``) into ``model``,
-    all keys and shapes strictly; a mismatch names the keys (and says when the class count differs)."""
+    """Load ``load_from`` weights (an official ``.pth``, a ddpseg checkpoint or ``.safetensors``) into ``model``.
+
+    Keys and shapes must match, with one exception: a checkpoint of another class count (fine-tuning a published
+    model on your dataset) loads everything but the class-sized parameters, which keep their fresh
+    initialisation, with a warning naming them (the original's non-strict ``load_checkpoint`` skips them too).
+    Any other mismatch names the keys."""
     _refuse_url(path, "load_from")
     checkpoint = load_checkpoint(path)
     state = _to_ddpseg_names(checkpoint["state_dict"], model)
     missing, unexpected, mis_shaped = state_dict_mismatch(model.state_dict(), state)
+    mis_shaped_keys = {entry.split(":")[0] for entry in mis_shaped}
+    if mis_shaped and not missing and not unexpected and mis_shaped_keys <= set(CLASS_SIZED_KEYS):
+        seg = state.get("decode_head.conv_seg.weight")
+        if seg is not None and seg.shape[0] != getattr(model, "num_classes", seg.shape[0]):
+            warnings.warn(f"load_from {path}: the checkpoint predicts {seg.shape[0]} classes, the config "
+                          f"{model.num_classes}; {', '.join(sorted(mis_shaped_keys))} keep their fresh "
+                          "initialisation, everything else is loaded", stacklevel=2)
+            model.load_state_dict({k: v for k, v in state.items() if k not in mis_shaped_keys}, strict=False)
+            return checkpoint
     if missing or unexpected or mis_shaped:
         report = describe_mismatch(missing, unexpected, mis_shaped)
         message = f"load_from {path} does not fit {type(model).__name__}:\n{report}"
