@@ -318,7 +318,9 @@ def test_demo_on_a_folder_skips_a_broken_image_and_writes_uncertainty_maps(train
     code, _, err = run_cli(["demo", str(images), str(config), str(checkpoint), str(out), "--uncertainty", "--steps", "2"], capsys)
     assert code == 1 and "broken.png" in err  # the others are still written
     assert cv2.imread(str(out / "a.png")).shape == (50, 80, 3)
-    assert cv2.imread(str(out / "sub" / "b_labels.png"), cv2.IMREAD_UNCHANGED).shape == (40, 40)
+    labels = Image.open(out / "sub" / "b_labels.png")  # no --palette: the dataset's, as in the overlay
+    assert labels.mode == "P" and labels.size == (40, 40)
+    np.testing.assert_array_equal(np.array(labels.getpalette()[: 19 * 3]).reshape(19, 3), get_palette("cityscapes"))
     heat = cv2.imread(str(out / "a_entropy.png"))
     assert heat.shape[0] == 50 and heat.shape[1] > 80  # heatmap plus colour bar
     assert (out / "sub" / "b_disagreement.png").is_file()
@@ -435,7 +437,7 @@ def test_demo_on_a_folder_gives_images_sharing_a_stem_distinct_outputs(trained, 
         overlay = out / (f"{name}.png" if name.startswith("a.") else name)
         assert cv2.imread(str(overlay)).shape == (*size, 3)
         labels = Path(str(overlay.with_suffix("")) + "_labels.png")
-        assert cv2.imread(str(labels), cv2.IMREAD_UNCHANGED).shape == size
+        assert Image.open(labels).size == size[::-1]
 
 
 def test_folder_output_names_change_only_for_images_whose_files_would_clash(tmp_path):

@@ -155,7 +155,7 @@ def _write(result, out_file: Path, palette, opacity: float, uncertainty: bool) -
 
     written = _output_files(out_file, uncertainty)
     show_result(result, palette=palette, opacity=opacity, out_file=out_file)
-    save_label_png(written[1], result.labels, palette)
+    save_label_png(written[1], result.labels, result.palette if palette is None else palette)  # as the overlay
     if uncertainty:
         save_image(written[2], uncertainty_heatmap(result.entropy, vmin=0.0))
         save_image(written[3], uncertainty_heatmap(result.step_disagreement, vmin=0.0, vmax=1.0))
