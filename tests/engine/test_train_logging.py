@@ -47,3 +47,19 @@ def test_missing_tensorboard_is_skipped(tmp_path, monkeypatch):
         log.update(1, {"loss": 1.0}, lr=0.1)
     assert not (tmp_path / "tf_logs").exists()
     assert "skipping TensorBoard" in next(tmp_path.glob("*.log")).read_text()
+
+
+def test_progress_bar_shows_the_loss_and_lr_of_the_iteration_it_counts(tmp_path, monkeypatch):
+    import io
+    import sys
+
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    with TrainLogger(tmp_path, enabled=True, max_iters=2, interval=10, tensorboard=False, progress=True) as log:
+        log._bar.mininterval, log._bar.miniters, log._bar.dynamic_miniters = 0, 1, False  # redraw at every update
+        log.update(1, {"loss": 1.5}, lr=0.5)
+        first = stream.getvalue()
+        log.update(2, {"loss": 2.5}, lr=0.25)
+        second = stream.getvalue()[len(first):]
+    assert "1/2" in first and "loss=1.5000" in first and "lr=5.000e-01" in first
+    assert "2/2" in second and "loss=2.5000" in second and "lr=2.500e-01" in second

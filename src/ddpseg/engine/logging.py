@@ -127,8 +127,9 @@ class TrainLogger:
             else:
                 self._buffer[key].append(float(value))
         if self._bar is not None:
-            self._bar.update(1)
+            # postfix first: update() redraws the bar, so the values shown are this iteration's
             self._bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}", lr=f"{lr:.3e}", refresh=False)
+            self._bar.update(1)
         if iteration % self.interval == 0:
             self._flush_train(iteration, lr)
 
