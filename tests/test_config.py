@@ -396,6 +396,15 @@ def test_malformed_options_are_rejected():
     assert parse_cfg_options(["url=http://x?a=b"]) == {"url": "http://x?a=b"}
 
 
+def test_dict_option_values_are_python_literals():
+    assert parse_cfg_options(["data.test.label_map={1:0,2:1}"]) == {"data.test.label_map": {1: 0, 2: 1}}
+    assert parse_cfg_options(["k=[{'a': 1},{'b': (2, 3)}]"]) == {"k": [{"a": 1}, {"b": (2, 3)}]}
+    with pytest.raises(ConfigError, match=r"option 'k=\{1:x\}': \{1:x\} is not a dict of plain values"):
+        parse_cfg_options(["k={1:x}"])
+    with pytest.raises(ConfigError, match="is not a dict"):
+        parse_cfg_options(["k={1,2}"])
+
+
 def test_merge_from_dict_sets_dotted_keys_and_list_elements():
     cfg = Config.fromfile(CONVNEXT_T)
     cfg.merge_from_dict(parse_cfg_options([

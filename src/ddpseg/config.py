@@ -20,6 +20,7 @@ Config files are trusted user code: they are executed, exactly as mmcv does.
 
 from __future__ import annotations
 
+import ast
 import copy
 import difflib
 import json
@@ -435,9 +436,9 @@ def _split_top_level(text: str, original: str) -> list[str]:
     """Split at commas that are not inside brackets."""
     parts, depth, start = [], 0, 0
     for i, char in enumerate(text):
-        if char in "([":
+        if char in "([{":
             depth += 1
-        elif char in ")]":
+        elif char in ")]}":
             depth -= 1
             if depth < 0:
                 raise ConfigError(f"unbalanced brackets in option value '{original}'")
@@ -456,8 +457,8 @@ def _is_enclosed(text: str, opening: str, closing: str) -> bool:
         return False
     depth = 0
     for i, char in enumerate(text):
-        depth += char in "(["
-        depth -= char in ")]"
+        depth += char in "([{"
+        depth -= char in ")]}"
         if depth == 0:
             return i == len(text) - 1
     return False
@@ -467,6 +468,15 @@ def _parse_value(text: str, original: str) -> Any:
     text = text.strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
         return text[1:-1]  # quoted: a string as written, even if it looks like a number
+    if _is_enclosed(text, "{", "}"):  # a dict literal, e.g. data.test.label_map={1:0,2:1}
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ConfigError(f"option '{original}': {text} is not a dict of plain values (numbers, quoted "
+                              "strings, lists, tuples, dicts)") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"option '{original}': {text} is not a dict (a set?); write {{key: value, ...}}")
+        return value
     is_tuple = _is_enclosed(text, "(", ")")
     if is_tuple or _is_enclosed(text, "[", "]"):
         inner = text[1:-1]
@@ -488,7 +498,8 @@ def parse_cfg_options(options: Iterable[str]) -> dict[str, Any]:
     """Parse ``['key=value', ...]`` (as given to ``--cfg-options``) into ``{key: value}``.
 
     Values as in mmcv's ``DictAction``: int, float, ``true``/``false`` (any case), ``None``, ``[a,b]`` lists,
-    ``(a,b)`` tuples, nesting (``[(1,2),(3,4)]``), bare ``a,b`` lists; anything else is a string.
+    ``(a,b)`` tuples, nesting (``[(1,2),(3,4)]``), bare ``a,b`` lists; anything else is a string. Beyond mmcv,
+    ``{k: v, ...}`` is a dict of Python literals (e.g. ``data.test.label_map={1:0,2:1}``).
     Unlike mmcv, a quoted value (``"'1'"``) stays a string and spaces inside strings are kept.
     """
     parsed: dict[str, Any] = {}
