@@ -33,3 +33,8 @@ def test_browse_dataset_reports_a_bad_data_root(tmp_path, capsys):
     argv = ["browse-dataset", str(QUICKSTART), "--out", str(tmp_path), "--cfg-options", f"data.train.data_root={tmp_path}/none"]
     assert main(argv) == 1
     assert "image folder not found" in capsys.readouterr().err
+
+
+def test_browse_dataset_refuses_a_negative_count(tmp_path, capsys):
+    assert main(["browse-dataset", str(QUICKSTART), "--out", str(tmp_path), "--num", "-1"]) == 1
+    assert "--num must be >= 0 (0: all samples), got -1" in capsys.readouterr().err
