@@ -293,6 +293,11 @@ def test_quickstart_writes_overlay_uncertainty_curves_and_results_into_one_folde
     assert 0 <= results["mIoU"] <= 1 and results["iters"] == 2
     printed = capsys.readouterr().out
     assert str(out / "demo_overlay.png") in printed and "mIoU" in printed
+    # again into the same folder: it says what it reuses and continues the finished run (no new training)
+    assert main(["quickstart", "--out", str(out), "--iters", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "reusing the synthetic dataset of an earlier run" in printed
+    assert "continuing the earlier run from iter_2.json" in printed
 
 
 def _free_port() -> int:

@@ -70,6 +70,9 @@ def _quickstart(args: argparse.Namespace) -> int:
     if not (data_root / "leftImg8bit").is_dir():
         print(f"[1/5] writing a synthetic Cityscapes-layout dataset to {data_root}", flush=True)
         make_synthetic_cityscapes(data_root, num_train=args.num_train, num_val=args.num_val, seed=args.seed)
+    else:
+        print(f"[1/5] reusing the synthetic dataset of an earlier run in {data_root} (--num-train/--num-val/--seed "
+              f"apply to a new --out folder)", flush=True)
     options = {f"data.{split}.data_root": str(data_root) for split in ("train", "val", "test")}
     cfg = load_config(_config_path(args), options)
     if args.iters is not None:
@@ -78,8 +81,10 @@ def _quickstart(args: argparse.Namespace) -> int:
         cfg.merge_from_dict({"runner.max_iters": args.iters, "log_config.interval": interval})
     work_dir = out / "work_dir"
 
-    print(f"[2/5] training ({cfg.runner.max_iters} iterations on {args.device}); checkpoints and logs in {work_dir}",
-          flush=True)
+    latest = find_latest(work_dir) if work_dir.is_dir() else None
+    done = f"; continuing the earlier run from {latest.name}" if latest is not None else ""
+    print(f"[2/5] training ({cfg.runner.max_iters} iterations on {args.device}{done}); checkpoints and logs in "
+          f"{work_dir}", flush=True)
     model = run_training(cfg, work_dir=work_dir, resume="auto", seed=args.seed, device=args.device, progress=True)
     train_s = time.perf_counter() - start
 
