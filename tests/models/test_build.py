@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpseg.config import Config
+from ddpseg.config import Config, parse_cfg_options
 from ddpseg.models.build import ModelConfigError, build_model, check_test_cfg
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -106,6 +106,9 @@ def test_a_pretrained_init_cfg_can_be_set_key_by_key_from_the_command_line(tmp_p
                          "model.backbone.init_cfg.checkpoint": str(tmp_path / "in1k.pth")})
     assert cfg.model.backbone.init_cfg == dict(type="Pretrained", checkpoint=str(tmp_path / "in1k.pth"))
     build_meta(cfg.model)  # without load_pretrained the file is not read
+    literal = parse_cfg_options([f"model.backbone.init_cfg={{'type': 'Pretrained', 'checkpoint': '{tmp_path / 'x.pth'}'}}"])
+    cfg.merge_from_dict(literal)  # or as a dict literal
+    assert cfg.model.backbone.init_cfg == dict(type="Pretrained", checkpoint=str(tmp_path / "x.pth"))
 
 
 def test_check_test_cfg_returns_a_plain_dict():

@@ -143,8 +143,9 @@ def _check_init_cfg(init_cfg: Any) -> Any:
     where = "model.backbone.init_cfg"
     if isinstance(init_cfg, str):
         raise ModelConfigError(
-            f"{where} must be a dict or None, got the string {init_cfg!r} (--cfg-options cannot write dict(...)); set "
-            f"its keys one by one: --cfg-options {where}.type=Pretrained {where}.checkpoint=/path/to/file.pth "
+            f"{where} must be a dict or None, got the string {init_cfg!r} (--cfg-options cannot write dict(...)); "
+            f"write it as a literal, --cfg-options \"{where}={{'type': 'Pretrained', 'checkpoint': '/path/to/file.pth'}}\", "
+            f"or set its keys one by one: --cfg-options {where}.type=Pretrained {where}.checkpoint=/path/to/file.pth "
             f"(add {where}._delete_=True where the config has init_cfg=None)"
         )
     for i, item in enumerate(init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]):
