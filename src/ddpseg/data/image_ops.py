@@ -91,10 +91,12 @@ def impad_to_multiple(img: np.ndarray, divisor: int, pad_val: Union[float, Seque
 
 
 def imnormalize(img: np.ndarray, mean: np.ndarray, std: np.ndarray, to_rgb: bool = True) -> np.ndarray:
-    """(img - mean) / std in float32, after a BGR -> RGB swap when ``to_rgb``.
+    """(img - mean) / std as float32, after a BGR -> RGB swap when ``to_rgb``, bit for bit as the original.
 
-    Like the original, the division is a multiplication by 1 / std computed in float64 and rounded to
-    float32, which is what OpenCV's in-place arithmetic does with a float32 image.
+    The original (mmseg's ``Normalize``: float32 mean and std, then OpenCV's in-place arithmetic) subtracts
+    the mean in float32, then multiplies by 1 / std in float64 (1 / std in float64 too) and rounds the product
+    to float32 once. A float32 multiply by a float32-rounded 1 / std differs by 1 ulp in about a quarter of
+    the values.
     """
     out = img.astype(np.float32)
     if to_rgb:
@@ -102,8 +104,8 @@ def imnormalize(img: np.ndarray, mean: np.ndarray, std: np.ndarray, to_rgb: bool
             raise ValueError(f"to_rgb needs a 3-channel image, got shape {img.shape}")
         out = out[..., ::-1]
     mean32 = np.asarray(mean, dtype=np.float32).reshape(-1)
-    stdinv32 = (1.0 / np.asarray(std, dtype=np.float32).astype(np.float64)).astype(np.float32).reshape(-1)
-    return np.ascontiguousarray((out - mean32) * stdinv32)
+    stdinv64 = 1.0 / np.asarray(std, dtype=np.float32).astype(np.float64).reshape(-1)
+    return np.ascontiguousarray(((out - mean32).astype(np.float64) * stdinv64).astype(np.float32))
 
 
 def bgr2hsv(img: np.ndarray) -> np.ndarray:
