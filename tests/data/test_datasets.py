@@ -262,3 +262,20 @@ def test_test_mode_dataset_without_labels(cityscapes_root):
     assert s["img_metas"][0]["ori_filename"] == "frankfurt/frankfurt_000000_000001_leftImg8bit.png"
     with pytest.raises(DataError, match="no labels"):
         ds.get_gt_seg_map(0)
+
+
+def test_ade20k_class_subset_with_an_unmapped_raw_label_explains_mmsegs_label_map_order(tmp_path):
+    from PIL import Image
+
+    from ddpseg.data.synthetic import make_synthetic_ade20k
+
+    root = make_synthetic_ade20k(tmp_path, num_train=1, num_val=1, size=(32, 48))
+    ann = next((root / "annotations" / "training").glob("*.png"))
+    label = np.array(Image.open(ann))
+    label[0, 0] = 150  # the last ADE class: label_map (keys 0..149) never maps the raw value 150
+    Image.fromarray(label).save(ann)
+    cfg = dict(ADE20K["train"], data_root=str(root), classes=ADE20K_CLASSES[:3],
+               pipeline=[dict(type="LoadImageFromFile")] + ADE20K_TRAIN[1:2])
+    with pytest.raises(DataError, match=r"label values 149 are outside the 3 classes.*applied to the raw labels "
+                                        r"before reduce_zero_label"):
+        build_dataset(cfg)[0]

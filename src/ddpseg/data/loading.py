@@ -127,7 +127,18 @@ class LoadAnnotations:
         if table is not None:
             label = table[label]
         if results.get("num_classes") is not None:
-            check_label_values(label, filename, results["num_classes"], results.get("ignore_index", 255))
+            try:
+                check_label_values(label, filename, results["num_classes"], results.get("ignore_index", 255))
+            except DataError as err:
+                if results.get("label_map") and self.reduce_zero_label:
+                    raise DataError(
+                        f"{err}. Note: as in mmseg 0.x, label_map (made by a classes= subset) is applied to the raw "
+                        "labels before reduce_zero_label, so on a reduce_zero_label dataset such as ADE20K it maps "
+                        "each raw value by the class one above it and leaves the last raw value unmapped; the "
+                        "original silently drops such pixels from its metrics. Remap the label files to the subset "
+                        "(and drop classes=) instead"
+                    ) from None
+                raise
         results["gt_semantic_seg"] = label
         results.setdefault("seg_fields", []).append("gt_semantic_seg")
         return results
