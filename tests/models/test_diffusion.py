@@ -79,3 +79,17 @@ def test_ddim_step_recovers_the_clean_map_at_t_next_zero():
     out = ddim_step(noisy, clean, log_snr, cosine_log_snr(torch.tensor([0.0])))
     alpha0, sigma0 = log_snr_to_alpha_sigma(cosine_log_snr(torch.tensor([0.0])))
     torch.testing.assert_close(out, alpha0 * clean + sigma0 * noise, rtol=1e-5, atol=1e-6)
+
+
+def test_ddpm_step_on_tokens_draws_the_noise_of_the_map_layout():
+    """The original draws randn_like(mask_t) on (B, C, h, w) maps; the token-layout sampler must draw the same."""
+    from ddpseg.models.diffusion import ddpm_step
+
+    gen = torch.Generator().manual_seed(0)
+    maps, pred = torch.randn(2, 5, 3, 4, generator=gen), torch.randn(2, 5, 3, 4, generator=gen)
+    log_snr, log_snr_next, t_next = torch.tensor([2.0]), torch.tensor([4.0]), torch.tensor([0.5])
+    want = ddpm_step(maps, pred, log_snr, log_snr_next, t_next, torch.Generator().manual_seed(7))
+    tokens = lambda m: m.flatten(2).transpose(1, 2).contiguous()  # noqa: E731
+    got = ddpm_step(tokens(maps), tokens(pred), log_snr, log_snr_next, t_next, torch.Generator().manual_seed(7),
+                    map_size=(3, 4))
+    torch.testing.assert_close(got, tokens(want), rtol=0, atol=0)

@@ -163,17 +163,27 @@ def ddpm_step(
     log_snr_next: Tensor,
     t_next: Tensor,
     generator: Optional[torch.Generator] = None,
+    map_size: Optional[Tuple[int, int]] = None,
 ) -> Tensor:
     """Ancestral (DDPM) update: posterior mean plus fresh noise, none at the last step (t_next = 0).
 
-    c = −expm1(λ − λ_next); mean = α_next·(x_t·(1 − c)/α + c·x̂₀); var = σ_next²·c.
+    c = −expm1(λ − λ_next); mean = α_next·(x_t·(1 − c)/α + c·x̂₀); var = σ_next²·c. For token maps
+    (B, h·w, C), ``map_size=(h, w)`` draws the noise in the original's (B, C, h, w) order, so a seed gives
+    the same noise as there.
     """
     alpha, _ = log_snr_to_alpha_sigma(right_pad_dims_to(mask_t, log_snr))
     alpha_next, sigma_next = log_snr_to_alpha_sigma(right_pad_dims_to(mask_t, log_snr_next))
     c = -torch.special.expm1(right_pad_dims_to(mask_t, log_snr - log_snr_next))
     mean = alpha_next * (mask_t * (1 - c) / alpha + c * mask_pred)
     log_variance = torch.log((sigma_next**2 * c).clamp(min=1e-20))
-    noise = torch.randn(mask_t.shape, generator=generator, device=mask_t.device, dtype=mask_t.dtype)
+    if map_size is not None:
+        batch, tokens, channels = mask_t.shape
+        if tokens != map_size[0] * map_size[1]:
+            raise ValueError(f"ddpm_step: {tokens} tokens do not make a {map_size[0]}x{map_size[1]} map")
+        noise = torch.randn((batch, channels, *map_size), generator=generator, device=mask_t.device,
+                            dtype=mask_t.dtype).flatten(2).transpose(1, 2)
+    else:
+        noise = torch.randn(mask_t.shape, generator=generator, device=mask_t.device, dtype=mask_t.dtype)
     noise = torch.where(right_pad_dims_to(mask_t, t_next > 0), noise, torch.zeros_like(noise))
     return mean + (0.5 * log_variance).exp() * noise
 

@@ -226,7 +226,7 @@ class DDP(nn.Module):
                     mask_t = ddim_step(mask_t, self.label_encoder.encode_tokens(labels), log_snr, log_snr_next)
             else:  # DDPM always draws its noise, so the RNG advances as in the original
                 mask_pred = self.label_encoder.encode_tokens(labels)
-                mask_t = ddpm_step(mask_t, mask_pred, log_snr, log_snr_next, times[i, 1:], generator)
+                mask_t = ddpm_step(mask_t, mask_pred, log_snr, log_snr_next, times[i, 1:], generator, map_size=(h, w))
             if self.accumulation:
                 probs.append(logits.softmax(-1))
             if trace is not None:
@@ -234,7 +234,9 @@ class DDP(nn.Module):
                 trace.labels.append(labels.view(-1, h, w))
         out = torch.stack(probs) if self.accumulation else logits[None]
         out = out.reshape(-1, batch, h * w, out.shape[-1]).mean(0)
-        return tokens_to_map(out, h, w)
+        # contiguous NCHW like the original's conv output: the final bilinear resize then rounds as there (its
+        # channels-last kernel differs in the last bit), and on the CPU it is also the faster layout
+        return tokens_to_map(out, h, w).contiguous()
 
     @torch.no_grad()
     def sample_logits(
