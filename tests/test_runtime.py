@@ -108,8 +108,10 @@ def test_distributed_resolve_device_uses_the_same_check(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert resolve_device("cuda", local_rank=0) == torch.device("cuda", 0)
-    with pytest.raises(DeviceError, match=r"LOCAL_RANK=1 takes cuda:1, but this machine has 1 GPU"):
-        resolve_device("cuda", local_rank=1)
+    # as mmcv's launcher (rank % GPUs): a process that sees one GPU (per-process CUDA_VISIBLE_DEVICES) takes cuda:0
+    assert resolve_device("cuda", local_rank=1) == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert resolve_device("cuda", local_rank=6) == torch.device("cuda", 2)
 
 
 def test_init_model_checks_the_device_before_any_work(tmp_path, monkeypatch):

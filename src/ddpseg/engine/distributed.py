@@ -44,19 +44,15 @@ def _env_int(name: str, default: int) -> int:
 
 
 def resolve_device(device: Union[str, torch.device], local_rank: int = 0) -> torch.device:
-    """``'cuda'`` becomes ``cuda:<local_rank>``; a string that names no device, a CUDA device without CUDA or a GPU
-    index this machine lacks is a :class:`ddpseg.runtime.DeviceError` (see :func:`ddpseg.runtime.parse_device`)."""
-    from ..runtime import DeviceError, parse_device
+    """``'cuda'`` becomes ``cuda:<local_rank % visible GPUs>`` (as mmcv's launcher: a process that sees one GPU, e.g.
+    through a per-process ``CUDA_VISIBLE_DEVICES``, takes ``cuda:0``); a string that names no device, a CUDA device
+    without CUDA or a GPU index this machine lacks is a :class:`ddpseg.runtime.DeviceError` (see
+    :func:`ddpseg.runtime.parse_device`)."""
+    from ..runtime import parse_device
 
     device = parse_device(device, option="device")
     if device.type == "cuda" and device.index is None:
-        count = torch.cuda.device_count()
-        if local_rank >= count:
-            raise DeviceError(
-                f"device cuda: process LOCAL_RANK={local_rank} takes cuda:{local_rank}, but this machine has {count} "
-                "GPU(s); start at most that many processes per machine"
-            )
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
     return device
 
 
