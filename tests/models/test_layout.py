@@ -1,4 +1,5 @@
-"""Every published config builds a model whose state dict is the original's, key for key, after conversion."""
+"""Every published config builds a model whose state dict is the original's, key for key and in its order,
+after conversion."""
 
 from __future__ import annotations
 
@@ -35,5 +36,8 @@ def test_published_config_maps_one_to_one_onto_the_original_state_dict(layout):
     assert not missing and not extra, f"ours only: {missing[:10]}; original only: {extra[:10]}"
     mis_shaped = {k: (ours[k], converted[k]) for k in ours if ours[k] != list(converted[k])}
     assert not mis_shaped, mis_shaped
+    # the same order too: parameters() then lists them as the original does, which fixes the summation order of
+    # gradient clipping (clip_grad_norm_ over model.parameters()) and of DDP's all-reduce buckets
+    assert list(ours) == list(converted)
     assert sum(p.numel() for p in model.parameters()) == ref["num_params"]
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == ref["num_trainable_params"]

@@ -132,12 +132,14 @@ class DecoderLayer(nn.Module):
         act_cfg: Optional[dict] = None,
     ) -> None:
         super().__init__()
+        # registered in the original's order (attentions, time MLP, FFNs, norms): parameters() then lists them as
+        # there, which fixes the summation order of gradient clipping and of the distributed all-reduce buckets
         self.attn = MultiScaleDeformableAttention(embed_dims, num_heads, num_levels, num_points)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.norm1 = nn.LayerNorm(embed_dims)
-        self.ffn = FFN(embed_dims, ffn_channels, ffn_drop, act_cfg)
-        self.norm2 = nn.LayerNorm(embed_dims)
         self.time_proj = nn.Linear(time_dims, embed_dims * 2)
+        self.ffn = FFN(embed_dims, ffn_channels, ffn_drop, act_cfg)
+        self.norm1 = nn.LayerNorm(embed_dims)
+        self.norm2 = nn.LayerNorm(embed_dims)
 
     def time_scale_shift(self, time_emb: Tensor) -> Tuple[Tensor, Tensor]:
         """(B, time_dims) → scale, shift of shape (B, 1, C)."""
@@ -220,11 +222,11 @@ class DeformableHeadWithTime(nn.Module):
             eps=pos_eps,
             offset=pos_offset,
         )
+        self.conv_seg = nn.Conv2d(channels, num_classes, 1)  # first, as mmseg's BaseDecodeHead registers it
         self.layers = nn.ModuleList(
             DecoderLayer(in_channels, num_heads, num_levels, num_points, ffn_channels, time_dims, attn_drop, ffn_drop, act_cfg)
             for _ in range(num_layers)
         )
-        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
         self._contexts: Dict[Tuple[int, int, str], DecoderContext] = {}
         # under autograd, layers run as one fused function with a lean backward (train_decoder.py);
         # False: the module path, whose autograd graph keeps every intermediate
@@ -318,6 +320,8 @@ class FCNHead(nn.Module):
         if num_convs == 0 and in_channels != channels:
             raise ValueError(f"FCNHead with num_convs=0 needs in_channels == channels, got {in_channels}, {channels}")
         pad = (kernel_size // 2) * dilation
+        self.conv_seg = nn.Conv2d(channels, num_classes, 1)  # first, as mmseg's BaseDecodeHead registers it
+        self.dropout = nn.Dropout2d(dropout_ratio) if dropout_ratio > 0 else nn.Identity()
         convs = [
             ConvNormAct(in_channels if i == 0 else channels, channels, kernel_size, pad, dilation, norm_cfg, act_cfg)
             for i in range(num_convs)
@@ -326,8 +330,6 @@ class FCNHead(nn.Module):
         self.conv_cat = (
             ConvNormAct(in_channels + channels, channels, kernel_size, pad, 1, norm_cfg, act_cfg) if concat_input else None
         )
-        self.dropout = nn.Dropout2d(dropout_ratio) if dropout_ratio > 0 else nn.Identity()
-        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
         self.ignore_index = ignore_index
         self.align_corners = align_corners
         self.loss_weight = loss_weight
