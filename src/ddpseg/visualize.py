@@ -404,9 +404,10 @@ def plot_training_curves(
         elif panel == "lr":
             ax.plot(*_series(train, "lr"))
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-        else:
-            ax.plot(*_series(val, "mIoU"), marker="o")
-        ax.set_ylabel(panel)
+        else:  # metrics are logged as fractions (as mmseg returns them); drawn in % like the printed tables
+            iters, values = _series(val, "mIoU")
+            ax.plot(iters, [100 * v for v in values], marker="o")
+        ax.set_ylabel("mIoU (%)" if panel == "mIoU" else panel)
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("iteration")
     return _write_atomic(out_png, lambda tmp: fig.savefig(tmp, format="png"))
