@@ -19,6 +19,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ddpseg.runtime import device_argument
+
 
 def make_problem(device, height, width, heads, points, dim, seed=0):
     gen = torch.Generator().manual_seed(seed)
@@ -64,7 +66,7 @@ def timed(fn, device, repeats, warmup=2):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device_argument, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--size", nargs=2, type=int, default=[128, 256], metavar=("H", "W"))
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--points", type=int, default=4)
@@ -76,12 +78,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from ddpseg import kernels
-    from ddpseg.runtime import DeviceError, parse_device
 
-    try:
-        device = parse_device(args.device)
-    except DeviceError as err:
-        p.error(str(err))
+    device = args.device
     height, width = args.size
     heads, points = args.heads, args.points
     samp, ref, table, grad = make_problem(device, height, width, heads, points, args.dim)

@@ -21,12 +21,14 @@ from pathlib import Path
 
 import torch
 
+from ddpseg.runtime import device_argument
+
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_argument, default="cpu")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
@@ -34,12 +36,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     from ddpseg.convert import load_model_weights
     from ddpseg.models.build import build_model
-    from ddpseg.runtime import DeviceError, parse_device
 
-    try:
-        device = parse_device(args.device)
-    except DeviceError as err:
-        p.error(str(err))
+    device = args.device
     golden = torch.load(FIXTURES / "mini_convnext_golden.pt", weights_only=True)
     model = build_model(runpy.run_path(str(FIXTURES / "mini_convnext_config.py"))["model"]).eval()
     load_model_weights(model, FIXTURES / "mini_convnext.pth")

@@ -42,7 +42,7 @@ from ddpseg.engine.optimizer import build_optimizer
 from ddpseg.engine.trainer import AMP_DTYPES, parse_losses
 from ddpseg.models.backbones.layers import DepthwiseConv2d
 from ddpseg.models.build import build_model
-from ddpseg.runtime import DeviceError, parse_device, tune_cpu_allocator
+from ddpseg.runtime import device_argument, tune_cpu_allocator
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs/cityscapes/ddp_convnext_t_4x4_512x1024_160k_cityscapes.py"
@@ -51,7 +51,7 @@ CONFIG = REPO / "configs/cityscapes/ddp_convnext_t_4x4_512x1024_160k_cityscapes.
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(CONFIG), help="training config (default: DDP ConvNeXt-T Cityscapes)")
-    p.add_argument("--devices", nargs="+", help="cpu, cuda ... (default: cpu, plus cuda when available)")
+    p.add_argument("--devices", nargs="+", type=device_argument, help="cpu, cuda ... (default: cpu, plus cuda when available)")
     p.add_argument("--size", type=int, nargs=2, default=(512, 1024), metavar=("H", "W"), help="crop size")
     p.add_argument("--batch", type=int, default=1, help="images per step")
     p.add_argument("--steps", type=int, default=3, help="timed steps")
@@ -63,10 +63,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quickstart", action="store_true", help="run `ddpseg quickstart` instead and report it")
     p.add_argument("--out", help="--quickstart output folder (default: a temporary one)")
     args = p.parse_args()
-    try:  # a clear error now, not in a worker process
-        args.devices = [str(parse_device(d, option="--devices")) for d in args.devices or []] or None
-    except DeviceError as err:
-        p.error(str(err))
+    args.devices = [str(d) for d in args.devices] if args.devices else None  # checked by argparse, not in a worker
     return args
 
 

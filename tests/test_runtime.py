@@ -122,3 +122,16 @@ def test_init_model_checks_the_device_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DeviceError, match=r"^device cuda: CUDA is not available here"):
         ddpseg.init_model(tmp_path / "missing.py", device="cuda")
+
+
+def test_device_argument_turns_a_bad_device_into_an_argparse_usage_error(capsys):
+    import argparse
+
+    from ddpseg.runtime import device_argument
+
+    parser = argparse.ArgumentParser(prog="bench")
+    parser.add_argument("--device", type=device_argument, default="cpu")
+    assert parser.parse_args([]).device == torch.device("cpu")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--device", "gpu"])
+    assert "bench: error: argument --device: gpu: not a device; expected cpu, cuda or cuda:N" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import argparse
 import ctypes.util
 import os
 import platform
@@ -27,7 +28,7 @@ from .config import ConfigError
 
 __all__ = [
     "tune_cpu_allocator", "autocast_for", "AMP_CHOICES", "speed_up_encoder", "Speedups", "speedup_settings",
-    "DeviceError", "parse_device", "default_device",
+    "DeviceError", "parse_device", "device_argument", "default_device",
 ]
 
 AMP_CHOICES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -71,6 +72,15 @@ def parse_device(device: Union[str, torch.device], option: Optional[str] = "--de
     if callable(available) and available():
         return parsed
     raise DeviceError(f"{where}: {parsed.type} is not available here; {_EXPECTED_DEVICES}")
+
+
+def device_argument(text: str) -> torch.device:
+    """An argparse ``type=`` for a device option: :func:`parse_device`, its error shown as a usage error (argparse
+    names the option)."""
+    try:
+        return parse_device(text, option=None)
+    except DeviceError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def default_device(gpu_id: int = 0) -> torch.device:
