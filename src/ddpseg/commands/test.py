@@ -102,14 +102,13 @@ def _check_arguments(args: argparse.Namespace) -> None:
 def _check_eval_options(args: argparse.Namespace) -> None:
     """mmseg hands ``--eval-options`` to ``dataset.format_results`` (with ``--format-only``) or
     ``dataset.evaluate``; a key neither reads must not be dropped silently."""
-    from ..config import check_bool, check_keys
-    from ..engine.evaluate import FORMAT_KEYS
+    from ..config import check_keys
+    from ..engine.evaluate import FORMAT_KEYS, check_format_args
 
     options = dict(args.eval_options or {})
     options.pop("efficient_test", None)  # mmseg's deprecated flag: accepted, no effect
     if args.format_only:
-        check_keys(options, FORMAT_KEYS, "--eval-options (with --format-only)")
-        check_bool(options.get("to_label_id", True), "--eval-options to_label_id")
+        check_format_args(options, "--eval-options (with --format-only)")
         return
     formatting = [key for key in options if key in FORMAT_KEYS]
     if formatting:

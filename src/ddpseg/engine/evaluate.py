@@ -33,7 +33,7 @@ from ddpseg.evaluation.tta import aug_test_probs, image_generator
 from ddpseg.models.segmentor import check_steps
 from ddpseg.visualize import overlay, save_image
 
-__all__ = ["AUG_TEST_RATIOS", "FORMAT_KEYS", "enable_aug_test", "evaluate_dataset", "format_tables"]
+__all__ = ["AUG_TEST_RATIOS", "FORMAT_KEYS", "check_format_args", "enable_aug_test", "evaluate_dataset", "format_tables"]
 
 # ``--aug-test`` of the original's tools/test.py: these scales of the test scale, each also flipped.
 AUG_TEST_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -42,6 +42,12 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 # The ``format_args`` a dataset's ``format_results`` takes (mmseg 0.x: Cityscapes / ADE20K), ``--eval-options``.
 FORMAT_KEYS = ("imgfile_prefix", "to_label_id")
+
+
+def check_format_args(format_args: Mapping[str, Any], where: str = "format_args (--eval-options)") -> None:
+    """Only the keys ``format_results`` takes, ``to_label_id`` a bool; errors name ``where``."""
+    check_keys(format_args, FORMAT_KEYS, where)
+    check_bool(format_args.get("to_label_id", True), f"{where} to_label_id")
 
 
 def enable_aug_test(dataset: CustomDataset, ratios: Sequence[float] = AUG_TEST_RATIOS) -> None:
@@ -136,8 +142,7 @@ def evaluate_dataset(
         check_steps(steps)
     format_args = dict(format_args or {})
     if format_only:
-        check_keys(format_args, FORMAT_KEYS, "format_args (--eval-options)")
-        check_bool(format_args.get("to_label_id", True), "format_args (--eval-options) to_label_id")
+        check_format_args(format_args)
         if "imgfile_prefix" not in format_args:
             raise ValueError("format_only needs format_args['imgfile_prefix'] (--eval-options imgfile_prefix=DIR)")
         check_output_dir(format_args["imgfile_prefix"], "--format-only output folder")
