@@ -6,6 +6,8 @@ move under float32 perturbations of the same relative size.
 The parity fixture is the mini DDP with the original's (random) weights, its 128×256 input and initial
 noise (tests/fixtures). Rows:
 
+* on CUDA, float32 with TF32 allowed (cuDNN convolves in TF32 by default on Ampere and later; the float32
+  reference itself is computed with TF32 off);
 * autocast bf16 / fp16: ``torch.autocast`` over the whole prediction, argmax compared with float32;
 * float32, input × (1 + ε·N(0, 1)): how many labels flip when only the input moves by ε relative — a floor
   for any mode whose rounding is of that size (bf16 rounds to 2⁻⁹ ≈ 0.2 % relative, fp16 to 2⁻¹² ≈ 0.02 %);
@@ -44,13 +46,20 @@ def main(argv=None) -> int:
     model.to(device)
     img, noise = golden["inputs"]["main"].to(device), golden["main"]["noise"].to(device)
 
-    def predict(image, dtype=None):
-        with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            return model.sample_logits(image, steps=args.steps, noise=noise).float()
+    def predict(image, dtype=None, tf32=False):
+        saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                return model.sample_logits(image, steps=args.steps, noise=noise).float()
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
-    ref = predict(img)
+    ref = predict(img)  # full float32: TF32 off on CUDA
     labels = ref.argmax(1)
     rows = []
+    if device.type == "cuda":  # cuDNN's default convolves in TF32 (10-bit mantissa inputs) on Ampere and later
+        rows.append(("float32 with TF32 convolutions and matmuls", (predict(img, tf32=True).argmax(1) == labels).float().mean().item()))
     for name, dtype in (("autocast bf16", torch.bfloat16), ("autocast fp16", torch.float16)):
         try:
             rows.append((name, (predict(img, dtype).argmax(1) == labels).float().mean().item()))

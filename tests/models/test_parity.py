@@ -47,7 +47,11 @@ def test_one_step_sampling_matches_the_original_to_1e5(mini_model, golden, featu
 def test_full_resolution_logits_match_the_original(mini_model, golden, steps):
     ref = golden["main"][f"T{steps}"]
     img = golden["inputs"]["main"]
-    out = mini_model.sample_logits(img, steps=steps, noise=golden["main"]["noise"])
+    check_full_resolution_logits(mini_model.sample_logits(img, steps=steps, noise=golden["main"]["noise"]), ref, steps)
+
+
+def check_full_resolution_logits(out, ref, steps):
+    """Argmax agreement ≥ 99.9 %, ≥ 99.9 % of the sampled values within 1e-4, and all within 1e-5 for one step."""
     assert list(out.shape) == list(ref["out_shape"])
     agreement = (out.argmax(1) == ref["encode_decode_argmax"].long()).float().mean().item()
     assert agreement >= 0.999, f"argmax agreement {agreement:.5f}"
