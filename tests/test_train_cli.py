@@ -7,6 +7,7 @@ scripts run as subprocesses.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -83,7 +84,9 @@ def test_train_cli_loss_falls_and_writes_checkpoints_logs_metrics_and_config(tra
     assert json.loads((trained / "latest.json").read_text())["checkpoint"] == f"iter_{ITERS}.json"
     assert (trained / f"iter_{ITERS // 2}.safetensors").is_file()
     assert (trained / f"best_mIoU_iter_{ITERS}.json").is_file()
-    assert list(trained.glob("*.log")) and (trained / "tf_logs").is_dir()
+    assert list(trained.glob("*.log"))
+    if importlib.util.find_spec("tensorboard") is not None:  # an optional extra
+        assert (trained / "tf_logs").is_dir()
     assert (trained / Path(CONFIG).name).is_file()  # the merged config, as mmseg dumps it
     meta = json.loads((trained / f"iter_{ITERS}.json").read_text())["meta"]
     assert meta["seed"] == 3 and len(meta["CLASSES"]) == 19 and meta["exp_name"] == Path(CONFIG).name
