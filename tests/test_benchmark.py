@@ -3,6 +3,7 @@ the `ddpseg benchmark` command."""
 
 from __future__ import annotations
 
+import runpy
 import warnings
 from pathlib import Path
 
@@ -67,8 +68,6 @@ def test_benchmark_command_reports_a_device_that_is_not_here_in_one_line(capsys,
 
 
 def test_gather_kernel_benchmark_times_both_paths_and_checks_the_kernel_against_portable(capsys):
-    import runpy
-
     from ddpseg import native
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gather_kernels.py"
@@ -81,6 +80,18 @@ def test_gather_kernel_benchmark_times_both_paths_and_checks_the_kernel_against_
         assert "| native CPU kernel |" in out
         if native.msda_library().ddpseg_msda_has_fma():  # bit-equal there (tests/models/test_native.py)
             assert "max |forward − portable| 0 |" in out
+
+
+def test_decoder_profile_ranks_the_operators_of_the_denoising_steps(capsys):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_decoder.py"
+    config = Path(__file__).resolve().parents[1] / "configs/quickstart/ddp_convnext_mini_synthetic.py"
+    main = runpy.run_path(str(script))["main"]
+    assert main([str(config), "--shape", "32", "64", "--steps", "2", "--rows", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "2 steps, amp fp32" in out and "aten::" in out and "Self CPU time total" in out
+    with pytest.raises(SystemExit):
+        main([str(config), "--steps", "0"])
+    assert "argument --steps: 0: expected a positive integer" in capsys.readouterr().err
 
 
 def test_cpu_peak_memory_of_a_fresh_process_excludes_its_parents():

@@ -186,7 +186,8 @@ def test_evaluate_dataset_matches_the_command_and_keeps_the_training_mode(traine
 
     config, checkpoint = trained
     out = tmp_path / "m.json"
-    assert run_cli(["test", str(config), str(checkpoint), "--eval", "mIoU", "--out", str(out)], capsys)[0] == 0
+    command = ["test", str(config), str(checkpoint), "--eval", "mIoU", "--out", str(out), "--device", "cpu"]
+    assert run_cli(command, capsys)[0] == 0  # init_model's default device is the CPU too
     model = ddpseg.init_model(config, checkpoint).train()
     metrics = evaluate_dataset(model, build_dataset(model.cfg.data.test), progress=False, print_tables=False)
     assert model.training
@@ -224,12 +225,14 @@ def test_dist_test_with_two_gloo_processes_gives_the_numbers_of_one_process(trai
     env = _env(PYTHON=sys.executable, PORT=str(port))
     dist_out, single_out = tmp_path / "dist.json", tmp_path / "single.json"
     dist = subprocess.run(
-        ["bash", str(REPO / "tools" / "dist_test.sh"), str(config), str(checkpoint), "2", "--eval", "mIoU", "--out", str(dist_out)],
+        ["bash", str(REPO / "tools" / "dist_test.sh"), str(config), str(checkpoint), "2", "--eval", "mIoU", "--out", str(dist_out),
+         "--device", "cpu"],
         capture_output=True, text=True, timeout=180, env=env,
     )
     assert dist.returncode == 0, dist.stderr[-3000:]
     single = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "test.py"), str(config), str(checkpoint), "--eval", "mIoU", "--out", str(single_out)],
+        [sys.executable, str(REPO / "tools" / "test.py"), str(config), str(checkpoint), "--eval", "mIoU", "--out", str(single_out),
+         "--device", "cpu"],
         capture_output=True, text=True, timeout=120, env=env,
     )
     assert single.returncode == 0, single.stderr[-3000:]

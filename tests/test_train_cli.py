@@ -61,7 +61,9 @@ def tiny_options(root: Path, iters: int = ITERS) -> list[str]:
 
 
 def train_cli(work_dir: Path, *args: str, options: list[str]) -> int:
-    return main(["train", CONFIG, "--work-dir", str(work_dir), "--no-progress", *args, "--cfg-options", *options])
+    """A CPU run (also on a machine with a GPU: these tests check CPU results bit for bit)."""
+    return main(["train", CONFIG, "--work-dir", str(work_dir), "--no-progress", "--device", "cpu", *args,
+                 "--cfg-options", *options])
 
 
 def train_records(work_dir: Path) -> list[dict]:
@@ -92,6 +94,16 @@ def test_train_cli_loss_falls_and_writes_checkpoints_logs_metrics_and_config(tra
     assert meta["seed"] == 3 and len(meta["CLASSES"]) == 19 and meta["exp_name"] == Path(CONFIG).name
 
 
+def assert_resumed_run_ends_as_the_full_run(full: Path, resumed: Path, half: int) -> None:
+    """Bit-equal final weights, and the resumed run logs the full run's second half (iteration, lr, loss)."""
+    first, second = load_file(full / f"iter_{ITERS}.safetensors"), load_file(resumed / f"iter_{ITERS}.safetensors")
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+    logged = [[(r["iter"], r["lr"], r["loss"]) for r in train_records(w)] for w in (full, resumed)]
+    assert logged[1] == logged[0][half:]
+
+
 def test_resume_from_the_middle_checkpoint_ends_bit_identical(trained, tmp_path, data_root, capsys, recwarn):
     half = ITERS // 2
     resumed = tmp_path / "resumed"
@@ -100,14 +112,32 @@ def test_resume_from_the_middle_checkpoint_ends_bit_identical(trained, tmp_path,
         shutil.copy(file, resumed / file.name)
     # No --seed: the run's seed comes from the checkpoint.
     assert train_cli(resumed, "--resume", str(resumed / f"iter_{half}.json"), options=tiny_options(data_root)) == 0
-    first, second = load_file(trained / f"iter_{ITERS}.safetensors"), load_file(resumed / f"iter_{ITERS}.safetensors")
-    assert first.keys() == second.keys()
-    for key in first:
-        assert torch.equal(first[key], second[key]), key
-    logged = [[(r["iter"], r["lr"], r["loss"]) for r in train_records(w)] for w in (trained, resumed)]
-    assert logged[1] == logged[0][half:]
+    assert_resumed_run_ends_as_the_full_run(trained, resumed, half)
     assert f"resumed from {resumed / f'iter_{half}.json'} at iteration {half}" in capsys.readouterr().err
     assert not [w for w in recwarn if "not an exact continuation" in str(w.message)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_deterministic_cuda_run_resumes_bit_identical(tmp_path, data_root):
+    """On a GPU, bit-identical continuation needs --deterministic (the Triton gather's backward adds atomically
+    in no fixed order, so that mode trains with the portable path). Subprocesses, so cuBLAS starts with the
+    workspace setting --deterministic asks for."""
+    half = ITERS // 2
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+
+    def train(work_dir, *args):
+        command = [sys.executable, str(REPO / "tools/train.py"), CONFIG, "--work-dir", str(work_dir), "--no-progress",
+                   "--device", "cuda", "--deterministic", *args, "--cfg-options", *tiny_options(data_root)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    train(full, "--seed", "0")
+    resumed.mkdir()
+    for file in full.glob(f"iter_{half}.*"):
+        shutil.copy(file, resumed / file.name)
+    train(resumed, "--resume", str(resumed / f"iter_{half}.json"))
+    assert_resumed_run_ends_as_the_full_run(full, resumed, half)
 
 
 def test_a_new_run_refuses_a_work_dir_that_holds_another_run(trained, data_root, capsys):
@@ -315,7 +345,7 @@ def test_dist_train_sh_trains_two_cpu_processes_that_end_with_identical_paramete
         env.pop(name, None)
     work_dir = tmp_path / "dist"
     command = ["bash", str(REPO / "tools/dist_train.sh"), CONFIG, "2", "--work-dir", str(work_dir), "--seed", "0",
-               "--no-progress", "--cfg-options", *tiny_options(data_root, iters=4)]
+               "--no-progress", "--device", "cpu", "--cfg-options", *tiny_options(data_root, iters=4)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert "parameters identical on all 2 processes" in result.stderr

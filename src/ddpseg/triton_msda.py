@@ -66,8 +66,12 @@ def interpreted() -> bool:
 
 def usable(*tensors: Tensor) -> bool:
     """Whether the kernels apply: float32 CUDA tensors on one device, Triton present, and the device
-    passed :func:`self_check` (run once per device, on first use)."""
+    passed :func:`self_check` (run once per device, on first use). Not for gradients under
+    ``torch.use_deterministic_algorithms`` (``--deterministic``): the backward's atomic adds sum in no fixed
+    order, so the portable path (deterministic ``index_add_`` in that mode) runs instead."""
     if triton is None or not triton_enabled():
+        return False
+    if torch.is_grad_enabled() and torch.are_deterministic_algorithms_enabled():
         return False
     first = tensors[0]
     if first.device.type != "cuda" or first.dtype != torch.float32:

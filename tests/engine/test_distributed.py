@@ -33,6 +33,20 @@ def test_without_torchrun_everything_is_one_process(monkeypatch):
     assert all_reduce_mean({"loss": torch.tensor([1.0, 3.0]), "acc": 5}) == {"loss": 2.0, "acc": 5.0}
 
 
+def test_more_processes_than_gpus_on_a_machine_is_a_clear_error_before_nccl(monkeypatch):
+    from ddpseg.engine import distributed
+    from ddpseg.runtime import DeviceError
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(DeviceError, match=r"^2 processes on this machine \(LOCAL_WORLD_SIZE\) but 1 visible CUDA "
+                                          r"device\(s\).*start at most 1 per machine, or run on the CPU \(gloo\) with --device cpu$"):
+        distributed._check_one_gpu_per_process(world_size=2)
+    distributed._check_one_gpu_per_process(world_size=1)  # one process: nothing to share
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    distributed._check_one_gpu_per_process(world_size=4)  # one process per machine, four machines
+
+
 def test_sync_batchnorm_is_reverted_outside_accelerator_ddp_and_keeps_its_parameters():
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.SyncBatchNorm(4))
     weight = model[1].weight

@@ -20,17 +20,29 @@ from ddpseg.models.diffusion import (
 from ..conftest import FIXTURES
 
 GOLDEN = json.loads((FIXTURES / "schedule_golden.json").read_text())
+# The golden set was made on an AVX2 CPU. PyTorch's vectorised sigmoid rounds differently (by an ulp) on other
+# instruction sets, e.g. AVX-512, as the original's would there too: exact on AVX2, within one ulp elsewhere.
+GOLDEN_CPU = "AVX2"
+
+
+def assert_same_float32(got: torch.Tensor, expected: list) -> None:
+    if torch.backends.cpu.get_cpu_capability() == GOLDEN_CPU:
+        assert got.tolist() == expected
+    else:
+        want = torch.tensor(expected, dtype=torch.float32)
+        ulp = torch.nextafter(want.abs(), torch.tensor(float("inf"))) - want.abs()
+        assert ((got - want).abs() <= ulp).all(), f"{got.tolist()} vs {expected}: more than one ulp apart"
 
 
 @pytest.mark.parametrize("name,fn", [("alpha_cosine_log_snr", cosine_log_snr), ("beta_linear_log_snr", linear_log_snr)])
-def test_log_snr_and_alpha_sigma_match_the_original_bit_for_bit_in_float32(name, fn):
+def test_log_snr_and_alpha_sigma_match_the_original_in_float32(name, fn):
     t = torch.linspace(0, 1, 11)
     ref = GOLDEN[name]
     log_snr = fn(t)
     alpha, sigma = log_snr_to_alpha_sigma(log_snr)
     assert log_snr.tolist() == ref["log_snr"]
-    assert alpha.tolist() == ref["alpha"]
-    assert sigma.tolist() == ref["sigma"]
+    assert_same_float32(alpha, ref["alpha"])
+    assert_same_float32(sigma, ref["sigma"])
 
 
 @pytest.mark.parametrize("name,fn", [("alpha_cosine_log_snr", cosine_log_snr), ("beta_linear_log_snr", linear_log_snr)])
@@ -59,8 +71,8 @@ def test_sampling_time_pairs_and_their_noise_levels_match_the_original(steps):
         log_snr = cosine_log_snr(times)
         assert log_snr.tolist() == [r["cosine_log_snr_now"], r["cosine_log_snr_next"]]
         alpha, sigma = log_snr_to_alpha_sigma(log_snr)
-        assert alpha.tolist() == [r["alpha_now"], r["alpha_next"]]
-        assert sigma.tolist() == [r["sigma_now"], r["sigma_next"]]
+        assert_same_float32(alpha, [r["alpha_now"], r["alpha_next"]])
+        assert_same_float32(sigma, [r["sigma_now"], r["sigma_next"]])
 
 
 def test_unknown_schedule_and_bad_step_count_are_clear_errors():

@@ -33,7 +33,7 @@ def _run(head, x, time_emb, height, width, fused: bool):
     head.zero_grad()
     x.grad = time_emb.grad = None
     out = head.forward_tokens(x, height, width, head.time_conditioning(time_emb))
-    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).view_as(out)
     (out * weights).sum().backward()
     grads = {n: p.grad.clone() for n, p in head.named_parameters() if p.grad is not None}
     return out.detach(), x.grad.clone(), time_emb.grad.clone(), grads

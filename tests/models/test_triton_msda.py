@@ -163,6 +163,24 @@ def test_selection(monkeypatch):
         assert not triton_msda.usable(torch.zeros(2, device="cuda"))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_deterministic_mode_keeps_the_atomic_backward_out_of_training(monkeypatch):
+    if not triton_msda.triton_available():
+        pytest.skip("triton is not installed")
+    monkeypatch.setenv("DDPSEG_TRITON", "1")
+    x = torch.zeros(2, device="cuda")
+    assert triton_msda.usable(x)
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        assert not triton_msda.usable(x)  # with gradients: the portable path
+        with torch.no_grad():
+            assert triton_msda.usable(x)  # inference has no backward: the deterministic forward kernel runs
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
 def test_kernels_compile_for_a100_and_h100_without_a_gpu():
     """Triton compiles the kernels to PTX and cubins for sm_80 and sm_90 here (its bundled ptxas): what the
     interpreter cannot check. The PTX keeps the portable path's arithmetic: IEEE divisions only, and no

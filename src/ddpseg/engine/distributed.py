@@ -70,6 +70,7 @@ def init_distributed(
     local_rank = _env_int("LOCAL_RANK", 0)
     device = resolve_device(device, local_rank)
     if device.type == "cuda":
+        _check_one_gpu_per_process(world_size)
         torch.cuda.set_device(device)
     if world_size > 1 and not (dist.is_available() and dist.is_initialized()):
         for name in ("MASTER_ADDR", "MASTER_PORT"):
@@ -84,6 +85,20 @@ def init_distributed(
             timeout=datetime.timedelta(seconds=timeout_s),
         )
     return DistInfo(rank=get_rank(), local_rank=local_rank, world_size=get_world_size(), device=device)
+
+
+def _check_one_gpu_per_process(world_size: int) -> None:
+    """NCCL refuses two processes on one GPU ("Duplicate GPU detected", at the first collective); torchrun's
+    ``LOCAL_WORLD_SIZE`` (processes on this machine) above the visible GPU count is said up front instead."""
+    from ..runtime import DeviceError
+
+    local_world_size, count = _env_int("LOCAL_WORLD_SIZE", 1), torch.cuda.device_count()
+    if world_size > 1 and local_world_size > count:
+        raise DeviceError(
+            f"{local_world_size} processes on this machine (LOCAL_WORLD_SIZE) but {count} visible CUDA device(s): "
+            f"NCCL needs a GPU of its own for each process; start at most {count} per machine, or run on the CPU "
+            f"(gloo) with --device cpu"
+        )
 
 
 def is_distributed() -> bool:
