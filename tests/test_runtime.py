@@ -20,6 +20,44 @@ def test_config_section_applies_and_given_flags_win():
     assert speedup_settings(cfg, amp="fp16", compile=True) == Speedups(amp="fp16", channels_last=True, compile=True)
 
 
+def test_tf32_comes_from_the_config_unless_a_flag_is_given():
+    assert speedup_settings(None).tf32 is None  # PyTorch's defaults
+    cfg = Config(dict(speedups=dict(tf32=True)))
+    assert speedup_settings(cfg).tf32 is True
+    assert speedup_settings(cfg, tf32=False).tf32 is False  # --no-tf32 wins
+    assert speedup_settings(None, tf32=True).tf32 is True
+
+
+def test_apply_tf32_sets_both_cuda_switches_and_leaves_them_for_none_or_the_cpu():
+    from ddpseg.runtime import apply_tf32, describe_tf32
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True  # PyTorch's defaults
+        apply_tf32(None, "cuda")
+        apply_tf32(True, "cpu")  # TF32 is a CUDA setting: a CPU run changes nothing process-wide
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, True)
+        assert describe_tf32() == "matrix products float32, cuDNN convolutions TF32"
+        apply_tf32(True, torch.device("cuda", 0))
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+        apply_tf32(False, "cuda:0")
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_tf32_flags_parse_in_every_command_that_runs_the_model():
+    from ddpseg.cli import build_parser
+
+    parser = build_parser()
+    base = {"train": ["cfg.py"], "test": ["cfg.py", "ck.pth"], "demo": ["img.png", "cfg.py", "ck.pth"],
+            "benchmark": ["cfg.py"]}
+    for command, positional in base.items():
+        assert parser.parse_args([command, *positional]).tf32 is None
+        assert parser.parse_args([command, *positional, "--tf32"]).tf32 is True
+        assert parser.parse_args([command, *positional, "--no-tf32"]).tf32 is False
+
+
 def test_legacy_fp16_section_means_fp16_unless_amp_is_set():
     assert speedup_settings(Config(dict(fp16=dict(loss_scale=512.0)))).amp == "fp16"
     assert speedup_settings(Config(dict(fp16=dict(loss_scale=512.0), speedups=dict(amp="bf16")))).amp == "bf16"
@@ -33,6 +71,7 @@ def test_legacy_fp16_section_means_fp16_unless_amp_is_set():
         (dict(channels_last="yes"), "speedups.channels_last must be True or False, got 'yes'"),
         (dict(compile=1), "speedups.compile must be True or False, got 1"),
         (dict(amp="fp8"), "speedups.amp must be None or one of ['bf16', 'fp16'], got 'fp8'"),
+        (dict(tf32="on"), "speedups.tf32 must be None, True or False, got 'on'"),
         ("bf16", "speedups must be a dict"),
     ],
 )

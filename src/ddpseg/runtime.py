@@ -105,14 +105,33 @@ def autocast_for(device: str, amp: Optional[str]) -> ContextManager:
 
 @dataclass(frozen=True)
 class Speedups:
-    """Opt-in execution settings: autocast dtype (``None`` = float32), NHWC encoder, compiled encoder."""
+    """Opt-in execution settings: autocast dtype (``None`` = float32), NHWC encoder, compiled encoder, and
+    TF32 on CUDA (``None``: PyTorch's defaults, as the original ran; see :func:`apply_tf32`)."""
 
     amp: Optional[str] = None
     channels_last: bool = False
     compile: bool = False
+    tf32: Optional[bool] = None
 
 
-SPEEDUP_KEYS = ("amp", "channels_last", "compile")
+SPEEDUP_KEYS = ("amp", "channels_last", "compile", "tf32")
+
+
+def apply_tf32(tf32: Optional[bool], device: Union[str, torch.device]) -> None:
+    """Set TF32 for CUDA float32 matrix products and cuDNN convolutions, process-wide: ``True`` both on,
+    ``False`` both off, ``None`` left as they are (PyTorch's defaults: convolutions in TF32 on Ampere and
+    later, matrix products in float32, as in the original's torch 1.12). Nothing changes for a CPU device."""
+    if tf32 is None or torch.device(device).type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+def describe_tf32() -> str:
+    """The current CUDA TF32 settings, for reports."""
+    on = {True: "TF32", False: "float32"}
+    return (f"matrix products {on[torch.backends.cuda.matmul.allow_tf32]}, "
+            f"cuDNN convolutions {on[torch.backends.cudnn.allow_tf32]}")
 
 
 def speedup_settings(
@@ -121,12 +140,13 @@ def speedup_settings(
     amp: Optional[str] = None,
     channels_last: bool = False,
     compile: bool = False,
+    tf32: Optional[bool] = None,
 ) -> Speedups:
     """The config's ``speedups`` section, with command-line flags on top.
 
-    ``speedups = dict(amp=None | 'bf16' | 'fp16', channels_last=False, compile=False)`` at a config's top
-    level applies to training, ``test``, ``demo`` and ``benchmark``; a flag that is given (``--amp``,
-    ``--channels-last``, ``--compile``) wins over the config. A config's legacy ``fp16`` section (mmseg's
+    ``speedups = dict(amp=None | 'bf16' | 'fp16', channels_last=False, compile=False, tf32=None | True | False)``
+    at a config's top level applies to training, ``test``, ``demo`` and ``benchmark``; a flag that is given
+    (``--amp``, ``--channels-last``, ``--compile``, ``--tf32`` / ``--no-tf32``) wins over the config. A config's legacy ``fp16`` section (mmseg's
     mixed-precision switch) means ``amp='fp16'`` when neither sets ``amp``.
     """
     section = (cfg or {}).get("speedups") or {}
@@ -139,6 +159,9 @@ def speedup_settings(
     for key in ("channels_last", "compile"):
         if not isinstance(section.get(key, False), bool):
             raise ConfigError(f"{where}: speedups.{key} must be True or False, got {section[key]!r}")
+    cfg_tf32 = section.get("tf32")
+    if cfg_tf32 is not None and not isinstance(cfg_tf32, bool):
+        raise ConfigError(f"{where}: speedups.tf32 must be None, True or False, got {cfg_tf32!r}")
     cfg_amp = section.get("amp")
     if cfg_amp is not None and cfg_amp not in AMP_CHOICES:
         raise ConfigError(f"{where}: speedups.amp must be None or one of {sorted(AMP_CHOICES)}, got {cfg_amp!r}")
@@ -150,6 +173,7 @@ def speedup_settings(
         amp=amp,
         channels_last=bool(channels_last or section.get("channels_last", False)),
         compile=bool(compile or section.get("compile", False)),
+        tf32=cfg_tf32 if tf32 is None else bool(tf32),
     )
 
 

@@ -7,6 +7,8 @@ import json
 import multiprocessing as mp
 from pathlib import Path
 
+from . import add_tf32_argument
+
 NAME = "benchmark"
 HELP = "measure inference latency per diffusion step count (and a training step) of a config's model"
 
@@ -26,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "speedups.amp, else fp32)")
     parser.add_argument("--channels-last", action="store_true", help="image encoder in NHWC layout")
     parser.add_argument("--compile", action="store_true", help="torch.compile the image encoder")
+    add_tf32_argument(parser)
     parser.add_argument("--module-decoder", action="store_true", help="use the module-by-module decoder, not the chunked one")
     parser.add_argument("--train", action="store_true", help="also time one training step (in a fresh process)")
     parser.add_argument("--reference", type=Path, help="JSON of the original's timings to print beside ours")
@@ -35,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _setup(args):
     import torch
 
-    from ..runtime import parse_device, speed_up_encoder, speedup_settings, tune_cpu_allocator
+    from ..runtime import apply_tf32, parse_device, speed_up_encoder, speedup_settings, tune_cpu_allocator
 
     tune_cpu_allocator()  # also in the spawned training worker
 
@@ -48,7 +51,8 @@ def _setup(args):
     torch.manual_seed(0)
     cfg = load_config(args.config)
     speedups = speedup_settings(cfg, amp=None if args.amp in (None, "fp32") else args.amp,
-                                channels_last=args.channels_last, compile=args.compile)
+                                channels_last=args.channels_last, compile=args.compile, tf32=args.tf32)
+    apply_tf32(speedups.tf32, device)  # before the matmul ceiling too: it measures what the model gets
     if args.amp is None:
         args.amp = speedups.amp or "fp32"
     args.channels_last, args.compile = speedups.channels_last, speedups.compile
@@ -100,6 +104,10 @@ def _benchmark(args: argparse.Namespace) -> int:
     report.rows = measure_inference(model, args.shape, args.steps, batch=args.batch, device=device,
                                     repeats=args.repeats, warmup=args.warmup, amp_dtype=dtype)
     report.notes.append(f"encoder: channels_last={args.channels_last}, compile={args.compile}")
+    if device.type == "cuda":
+        from ..runtime import describe_tf32
+
+        report.notes.append(f"CUDA float32: {describe_tf32()} (--tf32 / --no-tf32)")
     report.notes.append(f"decoder: {'module path' if args.module_decoder else 'chunked inference path'}; "
                         f"latency = median of {args.repeats} after {args.warmup} warm-up")
     gather = kernels.describe(kernels.gather_kernel(torch.zeros(1, device=device)))

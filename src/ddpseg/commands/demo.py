@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from . import add_tf32_argument
+
 NAME = "demo"
 HELP = "segment an image or a folder of images: colour overlay, label PNG and optional uncertainty heatmaps"
 
@@ -48,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", choices=["bf16", "fp16"], help="run the model under autocast (default: float32)")
     parser.add_argument("--channels-last", action="store_true", help="run the image encoder in NHWC layout (often faster)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the image encoder (first image pays the compilation)")
+    add_tf32_argument(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
     parser.add_argument("--uncertainty", action="store_true", help="also write entropy and step-disagreement heatmaps")
 
@@ -168,7 +171,7 @@ def _demo(args: argparse.Namespace) -> int:
     from ..api import init_model
     from ..data.image_io import DataError
     from ..inference import inference
-    from ..runtime import autocast_for, default_device, parse_device, speed_up_encoder, speedup_settings
+    from ..runtime import apply_tf32, autocast_for, default_device, parse_device, speed_up_encoder, speedup_settings
     from ..visualize import get_palette
 
     if not 0 < args.opacity <= 1:
@@ -180,7 +183,9 @@ def _demo(args: argparse.Namespace) -> int:
     if args.palette is not None and args.palette.lower() != "random":
         get_palette(args.palette)  # a missing or malformed palette is reported before loading the model
     model = init_model(args.config, args.checkpoint, device=device)
-    speedups = speedup_settings(model.cfg, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
+    speedups = speedup_settings(model.cfg, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+                                tf32=args.tf32)
+    apply_tf32(speedups.tf32, device)
     speed_up_encoder(model, channels_last=speedups.channels_last, compile=speedups.compile)
     palette = None if args.palette is None else get_palette(args.palette, model.num_classes)
     failed = done = 0

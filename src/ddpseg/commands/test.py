@@ -18,6 +18,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
+from . import add_tf32_argument
+
 NAME = "test"
 HELP = "evaluate a checkpoint on the config's test set (mIoU tables), or write predictions"
 
@@ -57,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", choices=["bf16", "fp16"], help="run the model under autocast (default: float32)")
     parser.add_argument("--channels-last", action="store_true", help="run the image encoder in NHWC layout (often faster)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the image encoder (first image pays the compilation)")
+    add_tf32_argument(parser)
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda:<gpu-id> if available, else cpu)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
 
@@ -146,7 +149,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..engine.outputs import check_output_file
     from ..engine.rng import set_random_seed
     from ..models.build import check_test_cfg
-    from ..runtime import autocast_for, speed_up_encoder, speedup_settings
+    from ..runtime import apply_tf32, autocast_for, speed_up_encoder, speedup_settings
 
     _check_arguments(args)
     device = _device(args)
@@ -155,9 +158,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     if "data" not in cfg or "test" not in cfg.data:
         raise ConfigError(f"{args.config} has no data.test section to evaluate on")
     cfg.data.test.test_mode = True
-    speedups = speedup_settings(cfg, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
+    speedups = speedup_settings(cfg, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+                                tf32=args.tf32)
     if args.launcher != "none":
         device = str(init_distributed(device).device)
+    apply_tf32(speedups.tf32, device)
     json_path = _json_path(args) if get_rank() == 0 else None
     if json_path is not None:  # fail now, not after the whole test set
         check_output_file(json_path, "metrics file")
@@ -198,6 +203,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 amp=speedups.amp,
                 channels_last=speedups.channels_last,
                 compile=speedups.compile,
+                tf32=speedups.tf32,
                 test_mode=model.test_cfg.get("mode", "whole"),
                 seed=args.seed,
                 world_size=get_world_size(),

@@ -16,6 +16,8 @@ import os
 import sys
 import warnings
 
+from . import add_tf32_argument
+
 NAME = "train"
 HELP = "train a segmentor from a config (one process, or several under torchrun / tools/dist_train.sh)"
 
@@ -53,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision (autocast; fp16 adds loss scaling)")
     parser.add_argument("--channels-last", action="store_true", help="image encoder in NHWC layout (config: speedups)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the image encoder (config: speedups)")
+    add_tf32_argument(parser)
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA if available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (default: on a terminal)")
 
@@ -109,7 +112,7 @@ def _train(args: argparse.Namespace) -> int:
         run_training(
             cfg, work_dir=work_dir, resume=resume, load_from=args.load_from, seed=args.seed,
             diff_seed=args.diff_seed, deterministic=args.deterministic, amp=args.amp, device=device,
-            channels_last=args.channels_last, compile=args.compile,
+            channels_last=args.channels_last, compile=args.compile, tf32=args.tf32,
             validate=not args.no_validate, progress=False if args.no_progress else None, print_eval_tables=True,
         )
         main = get_rank() == 0

@@ -47,7 +47,7 @@ from ddpseg.engine.settings import best_rule, parse_settings
 from ddpseg.engine.trainer import train
 from ddpseg.evaluation.metrics import ALLOWED_METRICS, result_keys
 from ddpseg.models.build import build_model
-from ddpseg.runtime import speedup_settings
+from ddpseg.runtime import apply_tf32, speedup_settings
 
 __all__ = ["check_train_config", "default_work_dir", "load_initial_weights", "parameters_agree", "run_training"]
 
@@ -314,6 +314,7 @@ def run_training(
     amp: Optional[str] = None,
     channels_last: bool = False,
     compile: bool = False,
+    tf32: Optional[bool] = None,
     device: Optional[str] = None,
     validate: bool = True,
     progress: Optional[bool] = None,
@@ -335,6 +336,8 @@ def run_training(
         amp, channels_last, compile: autocast dtype (``'bf16'`` / ``'fp16'``), NHWC encoder, compiled encoder;
             each given one wins over the config's ``speedups`` section (see :func:`ddpseg.runtime.speedup_settings`;
             a legacy ``fp16`` section means ``'fp16'``).
+        tf32: TF32 for CUDA float32 matrix products and convolutions (``None``: the config's
+            ``speedups.tf32``, else PyTorch's defaults; see :func:`ddpseg.runtime.apply_tf32`).
         device: ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` (default: CUDA when available); under torchrun each
             process takes ``cuda:LOCAL_RANK``.
         validate: evaluate on ``cfg.data.val`` every ``evaluation.interval`` iterations (``save_best``).
@@ -345,10 +348,11 @@ def run_training(
     work_dir = Path(work_dir) if work_dir is not None else default_work_dir(cfg)
     resume = resume if resume is not None else cfg.get("resume_from")
     load_from = load_from if load_from is not None else cfg.get("load_from")
-    speedups = speedup_settings(cfg, amp=amp, channels_last=channels_last, compile=compile)
+    speedups = speedup_settings(cfg, amp=amp, channels_last=channels_last, compile=compile, tf32=tf32)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     info = init_distributed(device)
+    apply_tf32(speedups.tf32, info.device)
     main = info.rank == 0
 
     if resume is not None and str(resume) == "auto":
