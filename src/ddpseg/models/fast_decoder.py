@@ -12,6 +12,12 @@ Only the deformable gather needs all of a layer's values, so values live in two 
 the native CPU kernel, bit-equal, or the Triton kernel on CUDA), else corners + ``embedding_bag``. The
 arithmetic per token is the module path's, in the same order; results agree to float rounding (tested).
 Single feature level, no dropout: the DDP inference setting.
+
+Under autocast (``--amp bf16|fp16``) the same pass runs the token-wise matrix products (value and output
+projections, the FFN) in the autocast dtype, while the buffers — value tables, sampling projections,
+residual stream, LayerNorm outputs, logits — stay float32: the sampling offsets and attention logits are
+float32 products (their rounding moves sampling locations), the gather runs the float32 kernel, and the
+residual sums are float32 as in the module path under autocast.
 """
 
 from __future__ import annotations
@@ -35,12 +41,14 @@ TARGET_TOKENS_PER_CHUNK_GPU = 1 << 16
 
 
 def can_decode_chunked(head: DeformableHeadWithTime) -> bool:
-    """The chunked path covers the published setting: one level, inference (no grad, or no dropout), float
-    arithmetic without autocast (its preallocated buffers hold one dtype)."""
+    """The chunked path covers the published setting: one level, inference (no grad, or no dropout); with
+    or without autocast."""
     attn = head.layers[0].attn
-    device_type = head.conv_seg.weight.device.type
-    autocast = torch.is_autocast_enabled(device_type) if device_type in ("cpu", "cuda") else False
-    return attn.num_levels == 1 and not (torch.is_grad_enabled() and head.training) and not autocast
+    return attn.num_levels == 1 and not (torch.is_grad_enabled() and head.training)
+
+
+def _autocast_on(device: torch.device) -> bool:
+    return torch.is_autocast_enabled(device.type) if device.type in ("cpu", "cuda") else False
 
 
 @torch.no_grad()
@@ -58,9 +66,12 @@ def _decode_one(
     first = layers[0].attn
     heads, points, channels = first.num_heads, first.num_points, first.embed_dims
     head_dim = channels // heads
+    # buffers in the input's dtype; under autocast (or for a reduced-precision input) in float32 at least
+    dtype = torch.promote_types(x.dtype, torch.float32) if _autocast_on(x.device) else x.dtype
+    x = x.to(dtype)
     ctx = head.context(height, width, x.device)
-    pos = ctx.pos[0].to(x.dtype)  # (Q, C)
-    ref = ctx.ref_points[0, :, 0].to(x.dtype)  # (Q, 2)
+    pos = ctx.pos[0].to(dtype)  # (Q, C)
+    ref = ctx.ref_points[0, :, 0].to(dtype)  # (Q, 2)
     target = TARGET_TOKENS_PER_CHUNK if x.device.type == "cpu" else TARGET_TOKENS_PER_CHUNK_GPU
     rows_per_chunk = max(1, target // width)
     chunks = [(r, min(r + rows_per_chunk, height)) for r in range(0, height, rows_per_chunk)]
@@ -76,6 +87,9 @@ def _decode_one(
     weights = [_stage_a_weights(layer) for layer in layers]
     out = x.new_empty(height * width, head.num_classes)
     x = x.clone()
+    weight_cls = head.conv_seg.weight
+    weight_cls = weight_cls.view(weight_cls.shape[0], -1).to(dtype)
+    bias_cls = head.conv_seg.bias.to(dtype)
 
     def stage_a(layer_index: int, r0: int, r1: int, x_c: Tensor) -> None:
         """Values into the next table; sampling offsets and attention logits of layer ``layer_index``."""
@@ -86,7 +100,7 @@ def _decode_one(
             table[:, r0 + 1 : r1 + 1, 1 : width + 1] = value.permute(2, 0, 1, 3)
         else:
             table[r0 + 1 : r1 + 1, 1 : width + 1] = value
-        w_cat, b_cat = weights[layer_index]
+        w_cat, b_cat = weights[layer_index]  # an out= product: float32 also under autocast
         torch.addmm(b_cat, x_c + pos[r0 * width : r1 * width], w_cat.t(), out=sampling[r0 * width : r1 * width])
 
     for r0, r1 in chunks:
@@ -110,18 +124,23 @@ def _decode_one(
             x_c = x[t0:t1]
             attn = layer.attn
             # a + b == b + a bit for bit, so the in-place adds keep the module path's results
-            y = F.linear(core.view(n, channels), attn.output_proj.weight, attn.output_proj.bias).add_(x_c)
+            y = _add_residual(F.linear(core.view(n, channels), attn.output_proj.weight, attn.output_proj.bias), x_c)
             y = F.layer_norm(y, (channels,), layer.norm1.weight, layer.norm1.bias, layer.norm1.eps)
             ffn = layer.ffn
             hidden = _activation_(ffn.act, F.linear(y, ffn.fc1.weight, ffn.fc1.bias))
-            y = F.linear(hidden, ffn.fc2.weight, ffn.fc2.bias).add_(y)
+            y = _add_residual(F.linear(hidden, ffn.fc2.weight, ffn.fc2.bias), y)
             y = F.layer_norm(y, (channels,), layer.norm2.weight, layer.norm2.bias, layer.norm2.eps)
             if li + 1 < len(layers):
                 stage_a(li + 1, r0, r1, torch.addcmul(shift, y, scale1, out=x[t0:t1]))
             else:
-                weight = head.conv_seg.weight
-                torch.addmm(head.conv_seg.bias, torch.addcmul(shift, y, scale1), weight.view(weight.shape[0], -1).t(), out=out[t0:t1])
+                torch.addmm(bias_cls, torch.addcmul(shift, y, scale1).to(dtype), weight_cls.t(), out=out[t0:t1])
     return out
+
+
+def _add_residual(y: Tensor, residual: Tensor) -> Tensor:
+    """``y + residual``: in place where the dtypes agree, else (an autocast product) in the wider dtype, as
+    the module path's out-of-place sum promotes."""
+    return y.add_(residual) if y.dtype == residual.dtype else residual + y
 
 
 def _activation_(act: torch.nn.Module, x: Tensor) -> Tensor:
