@@ -196,6 +196,27 @@ def test_evaluate_dataset_matches_the_command_and_keeps_the_training_mode(traine
     assert capsys.readouterr().out == ""
 
 
+def test_a_cpu_evaluation_on_a_gpu_machine_does_not_pin_its_images(trained, monkeypatch):
+    """Pinned memory only for a CUDA model: pinning opens a CUDA context on GPU 0 in every process of a CPU (gloo)
+    run on a GPU machine."""
+    from ddpseg.data.build import build_dataset
+    from ddpseg.engine import evaluate
+
+    config, checkpoint = trained
+    model = ddpseg.init_model(config, checkpoint)
+    pinned, build = [], evaluate.build_test_dataloader
+
+    def build_test_dataloader(*args, **kwargs):
+        loader = build(*args, **kwargs)
+        pinned.append(loader.pin_memory)
+        return loader
+
+    monkeypatch.setattr(evaluate, "build_test_dataloader", build_test_dataloader)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    evaluate.evaluate_dataset(model, build_dataset(model.cfg.data.test), progress=False, print_tables=False)
+    assert pinned == [False]
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
