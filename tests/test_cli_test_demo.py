@@ -196,6 +196,27 @@ def test_evaluate_dataset_matches_the_command_and_keeps_the_training_mode(traine
     assert capsys.readouterr().out == ""
 
 
+def test_a_cpu_evaluation_on_a_gpu_machine_does_not_pin_its_images(trained, monkeypatch):
+    """Pinned memory only for a CUDA model: pinning opens a CUDA context on GPU 0 in every process of a CPU (gloo)
+    run on a GPU machine."""
+    from ddpseg.data.build import build_dataset
+    from ddpseg.engine import evaluate
+
+    config, checkpoint = trained
+    model = ddpseg.init_model(config, checkpoint)
+    pinned, build = [], evaluate.build_test_dataloader
+
+    def build_test_dataloader(*args, **kwargs):
+        loader = build(*args, **kwargs)
+        pinned.append(loader.pin_memory)
+        return loader
+
+    monkeypatch.setattr(evaluate, "build_test_dataloader", build_test_dataloader)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    evaluate.evaluate_dataset(model, build_dataset(model.cfg.data.test), progress=False, print_tables=False)
+    assert pinned == [False]
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -527,3 +548,42 @@ def test_tools_test_names_a_text_file_given_as_checkpoint(trained, tmp_path):
     assert proc.stderr == (f"ddpseg test: error: {notes} is not a PyTorch checkpoint (neither a zip archive nor a "
                            "pickle, the two formats torch.save writes); it is a text file starting with "
                            "'notes about the run'\n")
+
+
+# --- under torchrun: one GPU per process -------------------------------------------------------------------------
+def test_under_torchrun_each_test_process_takes_its_own_gpu(monkeypatch):
+    """``tools/dist_test.sh`` without ``--device`` on a 2-GPU machine: ``cuda``, which each process resolves to
+    ``cuda:LOCAL_RANK``, not ``cuda:<--gpu-id>`` for all (every process on GPU 0: NCCL's "Duplicate GPU")."""
+    from ddpseg.cli import build_parser
+    from ddpseg.commands.test import _device
+    from ddpseg.engine.distributed import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    args = build_parser().parse_args(["test", "c.py", "k.pth", "--eval", "mIoU", "--launcher", "pytorch"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _device(args) == "cuda"
+    assert [resolve_device(_device(args), rank) for rank in (0, 1)] == [torch.device("cuda", 0), torch.device("cuda", 1)]
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: --gpu-id
+    assert _device(args) == "cuda:0"
+    args.gpu_id = 1
+    assert _device(args) == "cuda:1"
+
+
+def test_torchrun_without_launcher_option_still_joins_the_process_group(monkeypatch):
+    """As ``ddpseg train``: torchrun's environment is enough; without it every process would test the whole set
+    alone and all would write the same metrics file."""
+    from ddpseg.engine import distributed
+
+    class Joined(Exception):
+        pass
+
+    def init_distributed(device=None, timeout_s=1800.0):
+        raise Joined(device)
+
+    monkeypatch.setattr(distributed, "init_distributed", init_distributed)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = str(REPO / "configs" / "quickstart" / "ddp_convnext_mini_synthetic.py")
+    with pytest.raises(Joined, match="^cpu$"):
+        main(["test", config, "k.pth", "--eval", "mIoU", "--device", "cpu"])

@@ -179,6 +179,17 @@ def test_an_image_the_pipeline_would_shrink_to_nothing_is_a_clear_error(model):
         ddpseg.inference(model, np.zeros((8, 4000, 3), np.uint8))
 
 
+def test_a_generator_on_another_device_than_the_model_is_a_clear_error(model, picture):
+    """The docs' CPU generator with a model on CUDA: torch would fail at the first noise draw, after the encoder,
+    with "Expected a 'cuda' device type for generator". A stand-in generator on CUDA shows the check without a GPU."""
+    from types import SimpleNamespace
+
+    on_cuda = SimpleNamespace(device=torch.device("cuda", 0))
+    with pytest.raises(ValueError, match=r"^generator is on cuda:0 but the model on cpu: .*"
+                                         r"torch\.Generator\(device='cpu'\)"):
+        ddpseg.inference(model, picture, generator=on_cuda)
+
+
 def test_show_result_draws_the_palette_and_writes_the_file(model, picture, tmp_path):
     result = ddpseg.inference(model, picture, generator=gen())
     out = tmp_path / "sub" / "overlay.png"

@@ -293,6 +293,26 @@ def test_cuda_without_cuda_is_one_clear_line_before_any_work(command, tmp_path, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_cpu_run_on_a_gpu_machine_does_not_pin_its_batches(tmp_path, data_root, monkeypatch):
+    """Pinned memory only when training on CUDA: pinning opens a CUDA context on GPU 0 in every process of a
+    --device cpu (gloo) run on a GPU machine."""
+    from ddpseg.data import loader
+
+    class LoaderBuilt(Exception):
+        pass
+
+    real = loader.make_data_loader
+
+    def make_data_loader(*args, **kwargs):
+        raise LoaderBuilt(real(*args, **kwargs).pin_memory)
+
+    monkeypatch.setattr(loader, "make_data_loader", make_data_loader)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(LoaderBuilt) as built:
+        train_cli(tmp_path / "w", options=tiny_options(data_root))
+    assert built.value.args == (False,)
+
+
 def test_load_from_a_file_that_is_not_a_checkpoint_names_it(tmp_path, data_root, capsys):
     notes = tmp_path / "notes.pth"
     notes.write_text("the weights are on the shared drive\n")

@@ -4,6 +4,9 @@
     result = ddpseg.inference(model, "street.png", steps=3, generator=torch.Generator().manual_seed(0))
     ddpseg.show_result(result, out_file="street_seg.png")
 
+On a GPU, ``init_model(..., device="cuda")`` and ``torch.Generator(device="cuda")``: the generator must live
+where the model runs.
+
 The image goes through the config's test pipeline (``cfg.data.test.pipeline`` minus its file loader),
 as mmseg's ``inference_segmentor`` does, and then through the test mode of ``model.test_cfg`` (whole or
 sliding window; several scales/flips if the pipeline makes them). Image conventions: a path is read
@@ -201,12 +204,16 @@ def inference(
         raise ValueError("the model has no .cfg; build it with ddpseg.init_model(config, checkpoint)")
     if steps is not None:
         check_steps(steps)
+    device = next(model.parameters()).device
+    if generator is not None and generator.device.type != device.type:
+        # torch would only say so at the first noise draw, after the encoder ran, naming neither
+        raise ValueError(f"generator is on {generator.device} but the model on {device}: the noise is drawn where "
+                         f"the model runs; pass torch.Generator(device='{device}').manual_seed(...)")
     bgr, filename = load_image(image)
     batch = _prepare(model, bgr, filename)
     imgs, metas = batch["img"], batch["img_metas"]
     if noise is not None and (len(imgs) > 1 or model.test_cfg.get("mode", "whole") != "whole"):
         raise ValueError("noise= needs test_cfg mode 'whole' and one test-time copy (each window/copy draws its own)")
-    device = next(model.parameters()).device
     logits_fn = _scores_with_steps(model, steps, noise, generator)
     k = model.num_classes
     voted = probs = step_probs = None

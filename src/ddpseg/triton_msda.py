@@ -24,7 +24,7 @@ import contextlib
 import os
 import threading
 import warnings
-from typing import Optional, Tuple
+from typing import ContextManager, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -243,7 +243,7 @@ def msda_forward(
                          f"got {out.dtype} {tuple(out.shape)}")
     if n:
         grid = (triton.cdiv(n, _block()), heads)
-        with _naming_failures("forward", samp.device, heads, points, dim):
+        with _naming_failures("forward", samp.device, heads, points, dim), _on_device(samp.device):
             _msda_forward_kernel[grid](samp, attention, ref, table, out, n, samp.shape[1], table_offset, height,
                                        width, HEADS=heads, POINTS=points, DIM=dim, **_sizes(points, dim))
     return out
@@ -267,10 +267,18 @@ def msda_backward(
     g_samp = torch.empty_like(samp)
     if n:
         grid = (triton.cdiv(n, _block()), heads)
-        with _naming_failures("backward", samp.device, heads, points, dim):
+        with _naming_failures("backward", samp.device, heads, points, dim), _on_device(samp.device):
             _msda_backward_kernel[grid](samp, attention, ref, table, grad, g_table, g_samp, n, samp.shape[1], height,
                                         width, HEADS=heads, POINTS=points, DIM=dim, **_sizes(points, dim))
     return g_table, g_samp
+
+
+def _on_device(device: torch.device) -> ContextManager:
+    """Triton launches a kernel on the current CUDA device, whatever device its tensors are on: a model on
+    ``cuda:1`` while ``cuda:0`` is current (one process with ``--device cuda:1``, ``init_model(device='cuda:1')``)
+    would have its kernels refused ("cannot be accessed from Triton") or run on the wrong GPU. The launch is made
+    on the tensors' device; the interpreter's CPU tensors need nothing."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 @contextlib.contextmanager

@@ -47,6 +47,25 @@ def test_more_processes_than_gpus_on_a_machine_is_a_clear_error_before_nccl(monk
     distributed._check_one_gpu_per_process(world_size=4)  # one process per machine, four machines
 
 
+def test_one_gpu_named_for_every_process_is_a_clear_error_before_nccl(monkeypatch):
+    """``--device cuda:0`` under torchrun with two processes on a 2-GPU machine would put both on GPU 0."""
+    from ddpseg.engine import distributed
+    from ddpseg.runtime import DeviceError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: pytest.fail(f"set_device({device}) reached"))
+    for name, value in (("WORLD_SIZE", "2"), ("LOCAL_WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+    with pytest.raises(DeviceError, match=r"^device cuda:0 with 2 processes on this machine \(LOCAL_WORLD_SIZE\): "
+                                          r"every process would use GPU 0.*pass --device cuda .*local rank 1: cuda:1\)$"):
+        distributed.init_distributed("cuda:0")
+    distributed._check_one_gpu_per_process(2, index=1, local_rank=1)  # its own GPU, named (init_distributed().device)
+    distributed._check_one_gpu_per_process(2, index=None, local_rank=1)  # 'cuda': cuda:LOCAL_RANK
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    distributed._check_one_gpu_per_process(2, index=0, local_rank=0)  # one process per machine: any GPU of it
+
+
 def test_sync_batchnorm_is_reverted_outside_accelerator_ddp_and_keeps_its_parameters():
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.SyncBatchNorm(4))
     weight = model[1].weight

@@ -149,6 +149,52 @@ def test_a_failing_self_check_warns_once_and_disables_the_kernel(monkeypatch):
     assert not triton_msda.self_check(device)  # decided once per device: no second warning
 
 
+def test_kernels_launch_on_their_tensors_gpu_not_the_current_one(monkeypatch):
+    """Triton launches on the current CUDA device: a model on cuda:1 while cuda:0 is current (one process with
+    --device cuda:1) needs the launch made on cuda:1. Checked here without a GPU: the launches happen inside
+    ``_on_device(samp.device)``, which enters ``torch.cuda.device`` for CUDA tensors."""
+    from types import SimpleNamespace
+
+    entered = []
+
+    class CudaDevice:  # stands in for torch.cuda.device, which needs CUDA
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            entered.pop()
+
+    monkeypatch.setattr(torch.cuda, "device", CudaDevice)
+    with triton_msda._on_device(torch.device("cuda", 1)):
+        assert entered == [torch.device("cuda", 1)]
+    assert entered == []
+    with triton_msda._on_device(torch.device("cpu")):  # Triton's interpreter: nothing to switch
+        assert entered == []
+
+    launches = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append(list(entered))
+
+    monkeypatch.setattr(triton_msda, "triton", SimpleNamespace(cdiv=lambda a, b: -(-a // b),
+                                                               next_power_of_2=lambda n: 1 << (n - 1).bit_length()))
+    monkeypatch.setattr(triton_msda, "_msda_forward_kernel", Kernel(), raising=False)
+    monkeypatch.setattr(triton_msda, "_msda_backward_kernel", Kernel(), raising=False)
+    monkeypatch.setattr(triton_msda, "_on_device", lambda device: CudaDevice(torch.device("cuda", 1)))
+    samp, ref, _, head_major, (heads, points, h, w) = gather_problem(torch.float32)
+    dim = head_major.shape[-1]
+    table = head_major[0].reshape(-1, dim)
+    attention = softmax_attention(samp, heads, points)
+    triton_msda.msda_forward(samp, attention, ref, table, heads, points, h, w)
+    triton_msda.msda_backward(samp, attention, ref, table, samp.new_zeros(samp.shape[0], heads * dim), heads, points,
+                              h, w)
+    assert launches == [[torch.device("cuda", 1)]] * 2
+
+
 def test_selection(monkeypatch):
     cpu = torch.zeros(2)
     assert not triton_msda.usable(cpu)  # the CPU has the native kernel or the portable path

@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--eval-options", nargs="+", action=DictAction, help="options of the evaluation/formatting")
     parser.add_argument(
-        "--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none", help="job launcher"
+        "--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
+        help="job launcher (pytorch: torchrun; its environment is also picked up without this option)",
     )
     parser.add_argument("--opacity", type=float, default=0.5, help="opacity of the painted segmentation, in (0, 1]")
     parser.add_argument("--seed", type=int, default=0, help="base seed of the per-image noise (default 0)")
@@ -60,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels-last", action="store_true", help="run the image encoder in NHWC layout (often faster)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the image encoder (first image pays the compilation)")
     add_tf32_argument(parser)
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda:<gpu-id> if available, else cpu)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda:<gpu-id> if available, under "
+                        "torchrun cuda:LOCAL_RANK, else cpu)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
 
 
@@ -133,11 +135,24 @@ def _json_path(args: argparse.Namespace) -> Optional[Path]:
     return checkpoint.parent / f"{checkpoint.stem}_eval_{kind}_scale_{stamp}.json"
 
 
+def _under_torchrun() -> bool:
+    """Whether torchrun started this process as one of several (its ``WORLD_SIZE``)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def _device(args: argparse.Namespace) -> str:
-    """``--device``, else ``cuda:<--gpu-id>`` when CUDA is available, else cpu; checked to exist here."""
+    """``--device``, else CUDA when available (alone ``cuda:<--gpu-id>``; under torchrun ``cuda``, which each
+    process resolves to ``cuda:LOCAL_RANK``: a fixed ``cuda:0`` would put every process on GPU 0), else cpu;
+    checked to exist here."""
+    import torch
+
     from ..runtime import default_device, parse_device
 
-    return str(parse_device(args.device) if args.device else default_device(args.gpu_id))
+    if args.device:
+        return str(parse_device(args.device))
+    if torch.cuda.is_available() and _under_torchrun():
+        return "cuda"
+    return str(default_device(args.gpu_id))
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -160,7 +175,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     cfg.data.test.test_mode = True
     speedups = speedup_settings(cfg, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
                                 tf32=args.tf32)
-    if args.launcher != "none":
+    if args.launcher != "none" or _under_torchrun():  # torchrun's environment is picked up, as `ddpseg train` does
         device = str(init_distributed(device).device)
     apply_tf32(speedups.tf32, device)
     json_path = _json_path(args) if get_rank() == 0 else None

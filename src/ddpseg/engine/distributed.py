@@ -63,14 +63,17 @@ def init_distributed(
 
     ``device`` defaults to CUDA when available. Returns this process's rank, local rank, world size and device.
     """
+    from ..runtime import parse_device
+
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
-    device = resolve_device(device, local_rank)
+    requested = parse_device(device, option="device")
+    device = resolve_device(requested, local_rank)
     if device.type == "cuda":
-        _check_one_gpu_per_process(world_size)
+        _check_one_gpu_per_process(world_size, requested.index, local_rank)
         torch.cuda.set_device(device)
     if world_size > 1 and not (dist.is_available() and dist.is_initialized()):
         for name in ("MASTER_ADDR", "MASTER_PORT"):
@@ -87,9 +90,10 @@ def init_distributed(
     return DistInfo(rank=get_rank(), local_rank=local_rank, world_size=get_world_size(), device=device)
 
 
-def _check_one_gpu_per_process(world_size: int) -> None:
+def _check_one_gpu_per_process(world_size: int, index: Optional[int] = None, local_rank: int = 0) -> None:
     """NCCL refuses two processes on one GPU ("Duplicate GPU detected", at the first collective); torchrun's
-    ``LOCAL_WORLD_SIZE`` (processes on this machine) above the visible GPU count is said up front instead."""
+    ``LOCAL_WORLD_SIZE`` (processes on this machine) above the visible GPU count, or a GPU ``index`` named for
+    every process (``--device cuda:N``) other than this process's own ``cuda:LOCAL_RANK``, is said up front."""
     from ..runtime import DeviceError
 
     local_world_size, count = _env_int("LOCAL_WORLD_SIZE", 1), torch.cuda.device_count()
@@ -98,6 +102,13 @@ def _check_one_gpu_per_process(world_size: int) -> None:
             f"{local_world_size} processes on this machine (LOCAL_WORLD_SIZE) but {count} visible CUDA device(s): "
             f"NCCL needs a GPU of its own for each process; start at most {count} per machine, or run on the CPU "
             f"(gloo) with --device cpu"
+        )
+    if world_size > 1 and local_world_size > 1 and index is not None and index != local_rank % count:
+        raise DeviceError(
+            f"device cuda:{index} with {local_world_size} processes on this machine (LOCAL_WORLD_SIZE): every "
+            f"process would use GPU {index}, but NCCL needs a GPU of its own for each; pass --device cuda (or "
+            f"leave it out), and each process takes cuda:LOCAL_RANK (this one, local rank {local_rank}: "
+            f"cuda:{local_rank % count})"
         )
 
 

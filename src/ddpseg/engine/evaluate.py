@@ -152,13 +152,14 @@ def evaluate_dataset(
         enable_aug_test(dataset)
 
     rank, world_size = get_rank(), get_world_size()
+    device = next(segmentor.parameters()).device
     loader = build_test_dataloader(
-        dataset, workers_per_gpu=workers, dist=world_size > 1, rank=rank, world_size=world_size, seed=seed
+        dataset, workers_per_gpu=workers, dist=world_size > 1, rank=rank, world_size=world_size, seed=seed,
+        pin_memory=device.type == "cuda",
     )
     # This rank's dataset indices; the sampler repeats some to even out the ranks: those are skipped.
     indices = loader.sampler.epoch_indices(0)[0]
     evaluator = SegEvaluator(segmentor.num_classes, ignore_index=dataset.ignore_index)
-    device = next(segmentor.parameters()).device
     was_training = segmentor.training
     segmentor.eval()
     bar = _progress(len(dataset), progress and rank == 0)

@@ -400,6 +400,7 @@ def run_training(
     loader_fn = make_train_loader_fn(
         train_set, int(loader_cfg["samples_per_gpu"]), int(loader_cfg.get("workers_per_gpu", 0)),
         rank=info.rank, world_size=info.world_size, drop_last=bool(loader_cfg.get("drop_last", True)),
+        pin_memory=info.device.type == "cuda",  # not on a CPU run: pinning would open a CUDA context on GPU 0
     )
 
     eval_fn = None
