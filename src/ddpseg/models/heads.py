@@ -267,8 +267,9 @@ class DeformableHeadWithTime(nn.Module):
     def forward_tokens(self, query: Tensor, height: int, width: int, film: List[Tuple[Tensor, Tensor]]) -> Tensor:
         """The layers on a token map (B, H·W, C) with precomputed :meth:`time_conditioning`; returns (B, H·W, C)."""
         ctx = self.context(height, width, query.device)
-        if ctx.pos.dtype != query.dtype:
-            ctx = DecoderContext(ctx.spatial_shapes, ctx.pos.to(query.dtype), ctx.ref_points.to(query.dtype))
+        if ctx.pos.dtype != query.dtype:  # reference points stay float32 for a bf16/fp16 query (autocast)
+            ref_dtype = torch.promote_types(query.dtype, ctx.ref_points.dtype)
+            ctx = DecoderContext(ctx.spatial_shapes, ctx.pos.to(query.dtype), ctx.ref_points.to(ref_dtype))
         fuse = self.fused_training and torch.is_grad_enabled()
         for layer, (scale, shift) in zip(self.layers, film):
             if fuse and can_fuse_layer(layer, query):
