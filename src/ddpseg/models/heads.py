@@ -82,8 +82,14 @@ def seg_loss_and_accuracy(
     """mmseg 0.x's pixel cross-entropy and top-1 accuracy (percent).
 
     Logits are resized (bilinear) to the label size. The loss is averaged over *all* pixels, ignored
-    ones counting as zero (mmseg's default ``avg_non_ignore=False``), then weighted.
+    ones counting as zero (mmseg's default ``avg_non_ignore=False``), then weighted. As mmseg's
+    ``force_fp32`` losses, all of it runs in float32 (at least) also under autocast, whose bf16/fp16
+    logits are converted first; the gradient flows back to them in their dtype.
     """
+    if logits.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(logits.device.type):
+        with torch.autocast(logits.device.type, enabled=False):
+            return seg_loss_and_accuracy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels,
+                                         ignore_index=ignore_index, loss_weight=loss_weight, align_corners=align_corners)
     labels = labels.squeeze(1).long() if labels.ndim == 4 else labels.long()
     # Resized in channels-last layout (the small map is converted, not the full-size one), so that the
     # class axis is contiguous: the softmax, its backward and the argmax run on (pixels, classes) rows.
