@@ -144,6 +144,20 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize("amp", [None, "bf16", "fp16"])
+def test_evaluation_runs_under_the_training_autocast(tmp_path, amp):
+    seen = []
+    scores = scores_eval_fn(SCORES)
+
+    def recording(model, iteration):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), torch.is_grad_enabled()))
+        return scores(model, iteration)
+
+    run(toy_config(max_iters=4), tmp_path, amp=amp, eval_fn=recording)
+    expected = {None: (False,), "bf16": (True, torch.bfloat16), "fp16": (True, torch.float16)}[amp]
+    assert len(seen) == 1 and seen[0][: len(expected)] == expected and seen[0][2] is False
+
+
 def test_unusable_work_dir_fails_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

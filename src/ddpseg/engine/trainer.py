@@ -168,8 +168,9 @@ def train(
         channels_last, compile: the model's image encoder in NHWC layout / through ``torch.compile``
             (:func:`ddpseg.runtime.speed_up_encoder`; parameter names and checkpoints are unchanged).
         device: ``'cpu'`` or ``'cuda'`` (each torchrun process uses ``cuda:LOCAL_RANK``).
-        eval_fn: ``eval_fn(model, iteration) -> metrics`` called on every rank in eval mode, no grad, every
-            ``evaluation.interval`` iterations; rank 0's metrics are logged and drive ``save_best``.
+        eval_fn: ``eval_fn(model, iteration) -> metrics`` called on every rank in eval mode, no grad, under the
+            ``amp`` autocast, every ``evaluation.interval`` iterations; rank 0's metrics are logged and drive
+            ``save_best``.
         max_iters: overrides ``runner.max_iters`` (also the poly schedule's length).
         meta: mmseg-style metadata stored in each checkpoint (CLASSES, PALETTE, env_info, exp_name, ...).
         weights_filter: ``(state_dict, model) -> state_dict`` applied to ``load_from`` weights (key conversion).
@@ -324,7 +325,7 @@ def train(
                 save(f"iter_{iteration}", iteration, latest=True)
             if evaluating:
                 try:
-                    metrics = _evaluate(model, eval_fn, iteration)
+                    metrics = _evaluate(model, eval_fn, iteration, device, autocast_dtype)
                 except Exception:
                     if due:
                         log.info(f"evaluation at iteration {iteration} failed; checkpoint iter_{iteration} holds "
@@ -404,13 +405,17 @@ def _restore_rank_states(checkpoint: Mapping[str, Any], data_iter: Iterator[Any]
         load_state_dict(data_states[rank])
 
 
-def _evaluate(model: nn.Module, eval_fn: EvalFn, iteration: int) -> Mapping[str, Any]:
-    """Run ``eval_fn`` without disturbing training: same BN stats on all ranks, RNG streams put back after."""
+def _evaluate(
+    model: nn.Module, eval_fn: EvalFn, iteration: int, device: torch.device, autocast_dtype: Optional[torch.dtype]
+) -> Mapping[str, Any]:
+    """Run ``eval_fn`` without disturbing training: same BN stats on all ranks, RNG streams put back after. It
+    runs under the training's autocast, as ``ddpseg test`` runs the same config's ``speedups.amp`` (and mmseg's
+    fp16 model evaluated in fp16)."""
     broadcast_buffers(model)
     rng = get_rng_state()
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             metrics = eval_fn(model, iteration)
     finally:
         model.train()
