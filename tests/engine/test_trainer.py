@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import warnings
 
 import pytest
 import torch
@@ -156,6 +157,37 @@ def test_evaluation_runs_under_the_training_autocast(tmp_path, amp):
     run(toy_config(max_iters=4), tmp_path, amp=amp, eval_fn=recording)
     expected = {None: (False,), "bf16": (True, torch.bfloat16), "fp16": (True, torch.float16)}[amp]
     assert len(seen) == 1 and seen[0][: len(expected)] == expected and seen[0][2] is False
+
+
+def test_fp16_resume_restores_the_grad_scaler_and_a_changed_amp_is_warned_about(tmp_path):
+    cfg = toy_config(max_iters=8, evaluation=None)
+    straight = run(cfg, tmp_path / "straight", amp="fp16")
+    with pytest.raises(SimulatedKill):
+        run(cfg, tmp_path / "resumed", amp="fp16", loader_fn=make_loader_fn(kill_at=5))
+    stored = load_checkpoint(tmp_path / "resumed", with_training_state=True)["training_state"]
+    assert stored["amp"] == "fp16" and stored["scaler"]["scale"] > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # same amp: an exact continuation, no warning
+        resumed = run(cfg, tmp_path / "resumed", amp="fp16", resume="auto")
+    assert_same_weights(straight, resumed)
+    ends = [load_checkpoint(tmp_path / d, with_training_state=True)["training_state"]["scaler"]
+            for d in ("straight", "resumed")]
+    assert ends[0] == ends[1]
+
+    for amp, checkpoint_amp, message in [(None, "fp16", "amp: 'fp16' in the checkpoint, None now (its grad scaler"),
+                                         ("fp16", None, "amp: None in the checkpoint, 'fp16' now")]:
+        work_dir = tmp_path / f"from_{checkpoint_amp}"
+        run(toy_config(max_iters=4, evaluation=None), work_dir, amp=checkpoint_amp)
+        with pytest.warns(UserWarning, match="not an exact continuation") as record:
+            run(cfg, work_dir, amp=amp, resume="auto")
+        assert message in str(record[0].message)
+    # a checkpoint written before amp was recorded: its grad scaler state tells fp16
+    state_file = tmp_path / "straight" / "iter_8.state.pt"
+    state = torch.load(state_file, weights_only=True)
+    del state["amp"]
+    torch.save(state, state_file)
+    with pytest.warns(UserWarning, match=r"amp: 'fp16' in the checkpoint, 'bf16' now"):
+        run(toy_config(max_iters=9, evaluation=None), tmp_path / "straight", amp="bf16", resume="auto")
 
 
 def test_unusable_work_dir_fails_before_training(tmp_path):

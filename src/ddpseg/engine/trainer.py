@@ -203,7 +203,8 @@ def train(
         checkpoint = load_checkpoint(resume, with_training_state=True)
         check_resumable(checkpoint, model, model_config)
         model.load_state_dict(checkpoint["state_dict"])
-        changed = _changed_training_settings(checkpoint.get("config"), cfg)
+        changed = (_changed_training_settings(checkpoint.get("config"), cfg)
+                   + _changed_amp(checkpoint["training_state"], amp))
         if changed and main:
             warnings.warn(f"resuming from {checkpoint['path']} with training settings that differ from the run's, so "
                           "this is not an exact continuation:\n  " + "\n  ".join(changed[:12])
@@ -249,6 +250,7 @@ def train(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": schedule.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
+                "amp": amp,
                 "rng": [s["rng"] for s in rank_states],
                 "data": [s["data"] for s in rank_states],
                 "world_size": info.world_size,
@@ -372,6 +374,21 @@ def _changed_training_settings(stored_text: Optional[str], cfg: Mapping[str, Any
     for key in _TRAJECTORY_DATA_KEYS:
         changes += config_diff(stored_data.get(key), current_data.get(key), f"data.{key}")
     return changes
+
+
+def _changed_amp(state: Mapping[str, Any], amp: Optional[str]) -> list[str]:
+    """The resumed run's autocast setting against this run's (a checkpoint written before ``amp`` was recorded:
+    ``'fp16'`` where it holds a grad scaler's state, else not compared)."""
+    if "amp" in state:
+        stored = state["amp"]
+    elif state.get("scaler"):
+        stored = "fp16"
+    else:
+        return []
+    if stored == amp:
+        return []
+    dropped = " (its grad scaler state is not used)" if stored == "fp16" else ""
+    return [f"amp: {stored!r} in the checkpoint, {amp!r} now{dropped}"]
 
 
 def _no_forward_buffer_sync() -> dict[str, bool]:
