@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from engine_toys import SimulatedKill, build_toy, make_loader_fn, scores_eval_fn, toy_config
+from ddpseg.config import ConfigError
 from ddpseg.engine.checkpoint import CheckpointError, load_checkpoint
 from ddpseg.engine.trainer import NonFiniteLossError, parse_losses, train
 
@@ -188,6 +189,21 @@ def test_fp16_resume_restores_the_grad_scaler_and_a_changed_amp_is_warned_about(
     torch.save(state, state_file)
     with pytest.warns(UserWarning, match=r"amp: 'fp16' in the checkpoint, 'bf16' now"):
         run(toy_config(max_iters=9, evaluation=None), tmp_path / "straight", amp="bf16", resume="auto")
+
+
+def test_fp16_loss_scale_as_mmcv_reads_it_static_dynamic_or_grad_scaler_arguments(tmp_path):
+    def scale_after(name, **kwargs):
+        run(toy_config(max_iters=4, evaluation=None), tmp_path / name, amp="fp16", **kwargs)
+        return load_checkpoint(tmp_path / name, with_training_state=True)["training_state"]["scaler"]["scale"]
+
+    assert scale_after("static", loss_scale=512.0) == 512.0  # never grows (nor shrinks: a step that overflows is skipped)
+    assert scale_after("growing", loss_scale=dict(init_scale=2.0, growth_interval=1)) == 32.0  # doubles every step
+    dynamic = scale_after("dynamic", loss_scale="dynamic")
+    assert dynamic == scale_after("default") and dynamic in [65536.0 / 2**k for k in range(5)]  # halved per overflow
+    for bad in (0, -1.0, "static", True, dict(init_scal=2.0)):
+        with pytest.raises(ConfigError, match="fp16.loss_scale"):
+            run(toy_config(max_iters=1), tmp_path / "bad", amp="fp16", loss_scale=bad)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_unusable_work_dir_fails_before_training(tmp_path):
