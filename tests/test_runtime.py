@@ -62,6 +62,9 @@ def test_legacy_fp16_section_means_fp16_unless_amp_is_set():
     assert speedup_settings(Config(dict(fp16=dict(loss_scale=512.0)))).amp == "fp16"
     assert speedup_settings(Config(dict(fp16=dict(loss_scale=512.0), speedups=dict(amp="bf16")))).amp == "bf16"
     assert speedup_settings(Config(dict(fp16=dict(loss_scale=512.0))), amp="bf16").amp == "bf16"
+    # mmseg's fp16 configs carry an empty placeholder; the original's test.py checks it against None
+    assert speedup_settings(Config(dict(fp16=dict()))).amp == "fp16"
+    assert speedup_settings(Config(dict(fp16=None))).amp is None
 
 
 @pytest.mark.parametrize(

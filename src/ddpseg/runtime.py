@@ -147,7 +147,8 @@ def speedup_settings(
     ``speedups = dict(amp=None | 'bf16' | 'fp16', channels_last=False, compile=False, tf32=None | True | False)``
     at a config's top level applies to training, ``test``, ``demo`` and ``benchmark``; a flag that is given
     (``--amp``, ``--channels-last``, ``--compile``, ``--tf32`` / ``--no-tf32``) wins over the config. A config's legacy ``fp16`` section (mmseg's
-    mixed-precision switch) means ``amp='fp16'`` when neither sets ``amp``.
+    mixed-precision switch; any ``fp16`` that is not None, ``fp16 = dict()`` too) means ``amp='fp16'`` when neither
+    sets ``amp``.
     """
     section = (cfg or {}).get("speedups") or {}
     where = getattr(cfg, "filename", None) or "<config>"
@@ -168,7 +169,8 @@ def speedup_settings(
     if amp is not None and amp not in AMP_CHOICES:
         raise ValueError(f"amp must be None or one of {sorted(AMP_CHOICES)}, got {amp!r}")
     if amp is None:
-        amp = cfg_amp if cfg_amp is not None else ("fp16" if (cfg or {}).get("fp16") else None)
+        # present, even empty (mmseg's fp16 configs carry ``fp16 = dict()``): the original's test.py then ran fp16
+        amp = cfg_amp if cfg_amp is not None else ("fp16" if (cfg or {}).get("fp16") is not None else None)
     return Speedups(
         amp=amp,
         channels_last=bool(channels_last or section.get("channels_last", False)),

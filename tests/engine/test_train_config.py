@@ -84,6 +84,16 @@ def test_misspelt_keys_and_wrong_types_in_sections_are_named(options, message):
     refused(message, **options)
 
 
+def test_the_legacy_fp16_section_takes_mmcvs_loss_scale_and_nothing_else():
+    for loss_scale in (512.0, "dynamic", dict(init_scale=1024.0, growth_interval=100)):
+        check_train_config(config(fp16=dict(loss_scale=loss_scale)))
+    check_train_config(config(fp16=dict()))
+    refused(r"fp16\.loss_scale must be 'dynamic', a number > 0 \(a static scale\) or a dict", **{"fp16.loss_scale": "static"})
+    refused(r"unknown key 'init_scal' \(did you mean 'init_scale'\?\) in fp16\.loss_scale",
+            **{"fp16.loss_scale": dict(init_scal=2.0)})
+    refused(r"unknown key 'coalesce' in fp16", fp16=dict(loss_scale=512.0, coalesce=True))
+
+
 @pytest.mark.parametrize(
     "options, message",
     [

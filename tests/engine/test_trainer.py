@@ -1,10 +1,12 @@
 import importlib.util
 import json
+import warnings
 
 import pytest
 import torch
 
 from engine_toys import SimulatedKill, build_toy, make_loader_fn, scores_eval_fn, toy_config
+from ddpseg.config import ConfigError
 from ddpseg.engine.checkpoint import CheckpointError, load_checkpoint
 from ddpseg.engine.trainer import NonFiniteLossError, parse_losses, train
 
@@ -142,6 +144,66 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
     cfg = toy_config(max_iters=2, evaluation=None)
     model = run(cfg, tmp_path, amp="bf16")
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("amp", [None, "bf16", "fp16"])
+def test_evaluation_runs_under_the_training_autocast(tmp_path, amp):
+    seen = []
+    scores = scores_eval_fn(SCORES)
+
+    def recording(model, iteration):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), torch.is_grad_enabled()))
+        return scores(model, iteration)
+
+    run(toy_config(max_iters=4), tmp_path, amp=amp, eval_fn=recording)
+    expected = {None: (False,), "bf16": (True, torch.bfloat16), "fp16": (True, torch.float16)}[amp]
+    assert len(seen) == 1 and seen[0][: len(expected)] == expected and seen[0][2] is False
+
+
+def test_fp16_resume_restores_the_grad_scaler_and_a_changed_amp_is_warned_about(tmp_path):
+    cfg = toy_config(max_iters=8, evaluation=None)
+    straight = run(cfg, tmp_path / "straight", amp="fp16")
+    with pytest.raises(SimulatedKill):
+        run(cfg, tmp_path / "resumed", amp="fp16", loader_fn=make_loader_fn(kill_at=5))
+    stored = load_checkpoint(tmp_path / "resumed", with_training_state=True)["training_state"]
+    assert stored["amp"] == "fp16" and stored["scaler"]["scale"] > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # same amp: an exact continuation, no warning
+        resumed = run(cfg, tmp_path / "resumed", amp="fp16", resume="auto")
+    assert_same_weights(straight, resumed)
+    ends = [load_checkpoint(tmp_path / d, with_training_state=True)["training_state"]["scaler"]
+            for d in ("straight", "resumed")]
+    assert ends[0] == ends[1]
+
+    for amp, checkpoint_amp, message in [(None, "fp16", "amp: 'fp16' in the checkpoint, None now (its grad scaler"),
+                                         ("fp16", None, "amp: None in the checkpoint, 'fp16' now")]:
+        work_dir = tmp_path / f"from_{checkpoint_amp}"
+        run(toy_config(max_iters=4, evaluation=None), work_dir, amp=checkpoint_amp)
+        with pytest.warns(UserWarning, match="not an exact continuation") as record:
+            run(cfg, work_dir, amp=amp, resume="auto")
+        assert message in str(record[0].message)
+    # a checkpoint written before amp was recorded: its grad scaler state tells fp16
+    state_file = tmp_path / "straight" / "iter_8.state.pt"
+    state = torch.load(state_file, weights_only=True)
+    del state["amp"]
+    torch.save(state, state_file)
+    with pytest.warns(UserWarning, match=r"amp: 'fp16' in the checkpoint, 'bf16' now"):
+        run(toy_config(max_iters=9, evaluation=None), tmp_path / "straight", amp="bf16", resume="auto")
+
+
+def test_fp16_loss_scale_as_mmcv_reads_it_static_dynamic_or_grad_scaler_arguments(tmp_path):
+    def scale_after(name, **kwargs):
+        run(toy_config(max_iters=4, evaluation=None), tmp_path / name, amp="fp16", **kwargs)
+        return load_checkpoint(tmp_path / name, with_training_state=True)["training_state"]["scaler"]["scale"]
+
+    assert scale_after("static", loss_scale=512.0) == 512.0  # never grows (nor shrinks: a step that overflows is skipped)
+    assert scale_after("growing", loss_scale=dict(init_scale=2.0, growth_interval=1)) == 32.0  # doubles every step
+    dynamic = scale_after("dynamic", loss_scale="dynamic")
+    assert dynamic == scale_after("default") and dynamic in [65536.0 / 2**k for k in range(5)]  # halved per overflow
+    for bad in (0, -1.0, "static", True, dict(init_scal=2.0)):
+        with pytest.raises(ConfigError, match="fp16.loss_scale"):
+            run(toy_config(max_iters=1), tmp_path / "bad", amp="fp16", loss_scale=bad)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_unusable_work_dir_fails_before_training(tmp_path):

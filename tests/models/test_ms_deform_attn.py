@@ -80,3 +80,39 @@ def test_single_level_corners_written_out_backward_equals_autograd_float64():
     assert torch.equal(index2, index) and torch.equal(weight2, weight.detach())
     assert weight2.grad_fn is None
     torch.testing.assert_close(backward(grad), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_sampling_locations_stay_float32_in_the_module_path_under_autocast():
+    """Under bf16 autocast the query reaching the decoder layers is bf16 (the training path and the module
+    inference path). The offsets come from a bf16 product, but reference point + offset must be summed in
+    float32: in bf16 a location in [0.5, 1) is rounded to 1/256 of the map, up to a pixel and a half here."""
+    from ddpseg.models import ms_deform_attn as msda
+    from ddpseg.models.heads import DeformableHeadWithTime
+
+    torch.manual_seed(0)
+    head = DeformableHeadWithTime(in_channels=32, num_classes=3, time_dims=16, num_layers=1, num_heads=4,
+                                  ffn_channels=32, pos_num_feats=16).eval()
+    with torch.no_grad():  # non-trivial offsets (they start as whole pixels, which bf16 holds exactly)
+        for p in head.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    h, w = 2, 256
+    query = torch.randn(1, h * w, 32).bfloat16()
+    film = head.time_conditioning(torch.randn(1, 16))
+    seen = []
+
+    def recording(value, shapes, locations, weights):
+        seen.append(locations)
+        return ms_deform_attn_gather(value, shapes, locations, weights)
+
+    try:
+        msda.set_sampler(recording)
+        with torch.no_grad():
+            head.forward_tokens(query.float(), h, w, film)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                head.forward_tokens(query, h, w, film)
+    finally:
+        msda.set_sampler(None)
+    expected, locations = seen
+    assert locations.dtype == torch.float32
+    error_px = ((locations - expected) * torch.tensor([w, h])).abs().max().item()
+    assert error_px < 0.1, error_px  # the bf16 offsets' own rounding

@@ -108,3 +108,22 @@ def test_integer_like_step_counts_are_accepted(mini_model):
     img, noise = torch.zeros(1, 3, 32, 32), torch.randn(1, 64, 8, 8)
     expected = mini_model.sample_logits(img, steps=2, noise=noise)
     torch.testing.assert_close(mini_model.sample_logits(img, steps=np.int64(2), noise=noise), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_losses_run_in_float32_under_autocast(dtype):
+    """As mmseg's force_fp32 losses: the bf16/fp16 logits of an autocast forward are resized, scored and
+    compared in float32, and the gradient reaches them in their own dtype."""
+    from ddpseg.models.heads import seg_loss_and_accuracy
+
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 5, 8, 16, generator=gen) * 3).to(dtype).requires_grad_()
+    labels = torch.randint(0, 5, (2, 1, 32, 64), generator=gen)
+    labels[:, :, :4] = 255
+    expected = seg_loss_and_accuracy(logits.detach().float(), labels, loss_weight=0.4)
+    with torch.autocast("cpu", dtype=dtype):
+        loss, acc = seg_loss_and_accuracy(logits, labels, loss_weight=0.4)
+    assert loss.dtype == acc.dtype == torch.float32
+    assert torch.equal(loss, expected[0]) and torch.equal(acc, expected[1])
+    loss.backward()
+    assert logits.grad.dtype == dtype and torch.isfinite(logits.grad.float()).all()

@@ -44,7 +44,7 @@ from ddpseg.engine.lr_schedule import PolyLrSchedule
 from ddpseg.engine.outputs import OutputError, check_output_dir
 from ddpseg.engine.rng import seed_everything
 from ddpseg.engine.settings import best_rule, parse_settings
-from ddpseg.engine.trainer import train
+from ddpseg.engine.trainer import check_loss_scale, train
 from ddpseg.evaluation.metrics import ALLOWED_METRICS, result_keys
 from ddpseg.models.build import build_model
 from ddpseg.runtime import apply_tf32, speedup_settings
@@ -87,7 +87,7 @@ def check_train_config(cfg: Config) -> None:
     """Fail before any work for a config training cannot use: missing sections, a misspelt top-level section
     (``runer``), a model config :func:`~ddpseg.models.build.build_model` refuses, unknown keys or wrongly typed
     values in ``data``, ``evaluation`` (also a ``save_best`` the metrics do not produce), ``runner``,
-    ``checkpoint_config``, ``log_config``, ``optimizer`` and ``lr_config``."""
+    ``checkpoint_config``, ``log_config``, ``optimizer``, ``lr_config`` and the legacy ``fp16`` section."""
     where = cfg.filename or "<config>"
     try:
         _check_sections(cfg)
@@ -116,6 +116,9 @@ def _check_sections(cfg: Config) -> None:
     unknown = [m for m in _metrics(evaluation) if m not in ALLOWED_METRICS]
     if unknown:
         raise ConfigError(f"evaluation.metric: unknown metric(s) {unknown}; supported: {', '.join(ALLOWED_METRICS)}")
+    if cfg.get("fp16") is not None:  # the legacy mixed-precision section (see speedup_settings)
+        check_keys(cfg.fp16, ("loss_scale",), "fp16")
+        check_loss_scale(cfg.fp16.get("loss_scale"))
     settings = parse_settings(cfg)  # runner, optimizer, optimizer_config, checkpoint_config, log_config, ...
     _check_save_best(cfg, settings.save_best, settings.rule)
     try:  # the schedule is built only after the model and the datasets: check its section now
@@ -335,7 +338,7 @@ def run_training(
         deterministic: deterministic cuDNN / PyTorch algorithms.
         amp, channels_last, compile: autocast dtype (``'bf16'`` / ``'fp16'``), NHWC encoder, compiled encoder;
             each given one wins over the config's ``speedups`` section (see :func:`ddpseg.runtime.speedup_settings`;
-            a legacy ``fp16`` section means ``'fp16'``).
+            a legacy ``fp16`` section means ``'fp16'``, its ``loss_scale`` the fp16 loss scaling).
         tf32: TF32 for CUDA float32 matrix products and convolutions (``None``: the config's
             ``speedups.tf32``, else PyTorch's defaults; see :func:`ddpseg.runtime.apply_tf32`).
         device: ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` (default: CUDA when available); under torchrun each
@@ -419,6 +422,7 @@ def run_training(
 
     model = train(
         model, cfg, loader_fn, work_dir=work_dir, seed=seed, resume=resume, amp=speedups.amp, device=device,
+        loss_scale=(cfg.get("fp16") or {}).get("loss_scale"),
         channels_last=speedups.channels_last, compile=speedups.compile,
         eval_fn=eval_fn, meta=meta, tensorboard=tensorboard, progress=progress,
     )

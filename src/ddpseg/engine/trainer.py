@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import time
 import warnings
 from collections import OrderedDict
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ddpseg.config import ConfigError, check_keys
 from ddpseg.runtime import AMP_CHOICES, speed_up_encoder
 from ddpseg.safe_config import UnsafeConfigError, parse_config_text
 from ddpseg.engine.checkpoint import (
@@ -73,6 +75,7 @@ from ddpseg.engine.settings import TrainSettings, best_rule, config_text, model_
 TrainLoaderFn = Callable[[int, int], Iterator[Mapping[str, Any]]]
 EvalFn = Callable[[nn.Module, int], Mapping[str, Any]]
 AMP_DTYPES = AMP_CHOICES  # the names --amp takes
+GRAD_SCALER_KEYS = ("init_scale", "growth_factor", "backoff_factor", "growth_interval", "enabled")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -140,6 +143,7 @@ def train(
     resume: Optional[PathLike] = None,
     load_from: Optional[PathLike] = None,
     amp: Optional[str] = None,
+    loss_scale: Any = None,
     channels_last: bool = False,
     compile: bool = False,
     device: Union[str, torch.device] = "cpu",
@@ -165,11 +169,14 @@ def train(
             RNG states and data position. Takes precedence over ``load_from``.
         load_from: weights only (e.g. for the self-aligned fine-tune), strict unless ``weights_filter`` adapts.
         amp: None, ``'bf16'`` or ``'fp16'`` (autocast; fp16 adds a GradScaler).
+        loss_scale: fp16's loss scaling, as the legacy ``fp16`` section's ``loss_scale`` (see
+            :func:`check_loss_scale`); None: dynamic, from torch's defaults.
         channels_last, compile: the model's image encoder in NHWC layout / through ``torch.compile``
             (:func:`ddpseg.runtime.speed_up_encoder`; parameter names and checkpoints are unchanged).
         device: ``'cpu'`` or ``'cuda'`` (each torchrun process uses ``cuda:LOCAL_RANK``).
-        eval_fn: ``eval_fn(model, iteration) -> metrics`` called on every rank in eval mode, no grad, every
-            ``evaluation.interval`` iterations; rank 0's metrics are logged and drive ``save_best``.
+        eval_fn: ``eval_fn(model, iteration) -> metrics`` called on every rank in eval mode, no grad, under the
+            ``amp`` autocast, every ``evaluation.interval`` iterations; rank 0's metrics are logged and drive
+            ``save_best``.
         max_iters: overrides ``runner.max_iters`` (also the poly schedule's length).
         meta: mmseg-style metadata stored in each checkpoint (CLASSES, PALETTE, env_info, exp_name, ...).
         weights_filter: ``(state_dict, model) -> state_dict`` applied to ``load_from`` weights (key conversion).
@@ -179,6 +186,7 @@ def train(
     settings = parse_settings(cfg, max_iters)
     if amp not in (None, *AMP_DTYPES):
         raise ValueError(f"amp={amp!r} is not supported; expected None, 'bf16' or 'fp16'")
+    check_loss_scale(loss_scale)
     info = init_distributed(device)
     device, main = info.device, info.rank == 0
     work_dir = Path(work_dir)
@@ -202,7 +210,8 @@ def train(
         checkpoint = load_checkpoint(resume, with_training_state=True)
         check_resumable(checkpoint, model, model_config)
         model.load_state_dict(checkpoint["state_dict"])
-        changed = _changed_training_settings(checkpoint.get("config"), cfg)
+        changed = (_changed_training_settings(checkpoint.get("config"), cfg)
+                   + _changed_amp(checkpoint["training_state"], amp))
         if changed and main:
             warnings.warn(f"resuming from {checkpoint['path']} with training settings that differ from the run's, so "
                           "this is not an exact continuation:\n  " + "\n  ".join(changed[:12])
@@ -212,7 +221,7 @@ def train(
 
     optimizer = build_optimizer(model, settings.optimizer, param_name_fn=param_name_fn)
     schedule = PolyLrSchedule.from_config(settings.lr_config, initial_lrs(optimizer), settings.max_iters)
-    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+    scaler, static_scale = _grad_scaler(amp, loss_scale, device)
     start_iter, hook_msgs = 0, {}
     if checkpoint is not None:
         state = checkpoint["training_state"]
@@ -248,6 +257,7 @@ def train(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": schedule.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
+                "amp": amp,
                 "rng": [s["rng"] for s in rank_states],
                 "data": [s["data"] for s in rank_states],
                 "world_size": info.world_size,
@@ -307,7 +317,7 @@ def train(
                     values["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, **settings.grad_clip))
             if scaler is not None:
                 scaler.step(optimizer)
-                scaler.update()
+                scaler.update(static_scale)
             else:
                 optimizer.step()
             values.update(time=time.perf_counter() - end, data_time=data_time)
@@ -324,7 +334,7 @@ def train(
                 save(f"iter_{iteration}", iteration, latest=True)
             if evaluating:
                 try:
-                    metrics = _evaluate(model, eval_fn, iteration)
+                    metrics = _evaluate(model, eval_fn, iteration, device, autocast_dtype)
                 except Exception:
                     if due:
                         log.info(f"evaluation at iteration {iteration} failed; checkpoint iter_{iteration} holds "
@@ -350,7 +360,7 @@ def train(
 
 
 # what decides the training trajectory besides the model (which check_resumable enforces)
-_TRAJECTORY_SECTIONS = ("optimizer", "optimizer_config", "lr_config", "runner")
+_TRAJECTORY_SECTIONS = ("optimizer", "optimizer_config", "lr_config", "runner", "fp16")
 _TRAJECTORY_DATA_KEYS = ("samples_per_gpu", "train", "train_dataloader")
 
 
@@ -371,6 +381,50 @@ def _changed_training_settings(stored_text: Optional[str], cfg: Mapping[str, Any
     for key in _TRAJECTORY_DATA_KEYS:
         changes += config_diff(stored_data.get(key), current_data.get(key), f"data.{key}")
     return changes
+
+
+def check_loss_scale(loss_scale: Any, where: str = "fp16.loss_scale") -> None:
+    """``loss_scale`` as mmcv's fp16 setting reads it: None or ``'dynamic'`` (dynamic scaling, torch's
+    defaults), a number > 0 (a static scale: overflowing steps are skipped, the scale never changes) or a dict
+    of GradScaler arguments (``init_scale``, ``growth_factor``, ``backoff_factor``, ``growth_interval``,
+    ``enabled``); a :class:`~ddpseg.config.ConfigError` naming ``where`` otherwise."""
+    if loss_scale is None or loss_scale == "dynamic":
+        return
+    if isinstance(loss_scale, Mapping):
+        check_keys(loss_scale, GRAD_SCALER_KEYS, where)
+        return
+    if isinstance(loss_scale, numbers.Real) and not isinstance(loss_scale, bool) and 0 < loss_scale < math.inf:
+        return
+    raise ConfigError(f"{where} must be 'dynamic', a number > 0 (a static scale) or a dict of GradScaler arguments "
+                      f"({', '.join(GRAD_SCALER_KEYS)}), got {loss_scale!r}")
+
+
+def _grad_scaler(
+    amp: Optional[str], loss_scale: Any, device: torch.device
+) -> tuple[Optional[torch.amp.GradScaler], Optional[float]]:
+    """fp16's GradScaler and, for a static ``loss_scale``, the scale each ``update`` keeps; (None, None) otherwise."""
+    if amp != "fp16":
+        return None, None
+    if loss_scale is None or loss_scale == "dynamic":
+        return torch.amp.GradScaler(device.type), None
+    if isinstance(loss_scale, Mapping):
+        return torch.amp.GradScaler(device.type, **loss_scale), None
+    return torch.amp.GradScaler(device.type, init_scale=float(loss_scale)), float(loss_scale)
+
+
+def _changed_amp(state: Mapping[str, Any], amp: Optional[str]) -> list[str]:
+    """The resumed run's autocast setting against this run's (a checkpoint written before ``amp`` was recorded:
+    ``'fp16'`` where it holds a grad scaler's state, else not compared)."""
+    if "amp" in state:
+        stored = state["amp"]
+    elif state.get("scaler"):
+        stored = "fp16"
+    else:
+        return []
+    if stored == amp:
+        return []
+    dropped = " (its grad scaler state is not used)" if stored == "fp16" else ""
+    return [f"amp: {stored!r} in the checkpoint, {amp!r} now{dropped}"]
 
 
 def _no_forward_buffer_sync() -> dict[str, bool]:
@@ -404,13 +458,17 @@ def _restore_rank_states(checkpoint: Mapping[str, Any], data_iter: Iterator[Any]
         load_state_dict(data_states[rank])
 
 
-def _evaluate(model: nn.Module, eval_fn: EvalFn, iteration: int) -> Mapping[str, Any]:
-    """Run ``eval_fn`` without disturbing training: same BN stats on all ranks, RNG streams put back after."""
+def _evaluate(
+    model: nn.Module, eval_fn: EvalFn, iteration: int, device: torch.device, autocast_dtype: Optional[torch.dtype]
+) -> Mapping[str, Any]:
+    """Run ``eval_fn`` without disturbing training: same BN stats on all ranks, RNG streams put back after. It
+    runs under the training's autocast, as ``ddpseg test`` runs the same config's ``speedups.amp`` (and mmseg's
+    fp16 model evaluated in fp16)."""
     broadcast_buffers(model)
     rng = get_rng_state()
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             metrics = eval_fn(model, iteration)
     finally:
         model.train()

@@ -82,8 +82,14 @@ def seg_loss_and_accuracy(
     """mmseg 0.x's pixel cross-entropy and top-1 accuracy (percent).
 
     Logits are resized (bilinear) to the label size. The loss is averaged over *all* pixels, ignored
-    ones counting as zero (mmseg's default ``avg_non_ignore=False``), then weighted.
+    ones counting as zero (mmseg's default ``avg_non_ignore=False``), then weighted. As mmseg's
+    ``force_fp32`` losses, all of it runs in float32 (at least) also under autocast, whose bf16/fp16
+    logits are converted first; the gradient flows back to them in their dtype.
     """
+    if logits.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(logits.device.type):
+        with torch.autocast(logits.device.type, enabled=False):
+            return seg_loss_and_accuracy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels,
+                                         ignore_index=ignore_index, loss_weight=loss_weight, align_corners=align_corners)
     labels = labels.squeeze(1).long() if labels.ndim == 4 else labels.long()
     # Resized in channels-last layout (the small map is converted, not the full-size one), so that the
     # class axis is contiguous: the softmax, its backward and the argmax run on (pixels, classes) rows.
@@ -267,8 +273,9 @@ class DeformableHeadWithTime(nn.Module):
     def forward_tokens(self, query: Tensor, height: int, width: int, film: List[Tuple[Tensor, Tensor]]) -> Tensor:
         """The layers on a token map (B, H·W, C) with precomputed :meth:`time_conditioning`; returns (B, H·W, C)."""
         ctx = self.context(height, width, query.device)
-        if ctx.pos.dtype != query.dtype:
-            ctx = DecoderContext(ctx.spatial_shapes, ctx.pos.to(query.dtype), ctx.ref_points.to(query.dtype))
+        if ctx.pos.dtype != query.dtype:  # reference points stay float32 for a bf16/fp16 query (autocast)
+            ref_dtype = torch.promote_types(query.dtype, ctx.ref_points.dtype)
+            ctx = DecoderContext(ctx.spatial_shapes, ctx.pos.to(query.dtype), ctx.ref_points.to(ref_dtype))
         fuse = self.fused_training and torch.is_grad_enabled()
         for layer, (scale, shift) in zip(self.layers, film):
             if fuse and can_fuse_layer(layer, query):

@@ -268,8 +268,11 @@ class MultiScaleDeformableAttention(nn.Module):
         shape = (batch, queries, self.num_heads, self.num_levels, self.num_points)
         offsets = self.sampling_offsets(query).view(*shape, 2)
         weights = self.attention_weights(query).view(batch, queries, self.num_heads, -1).softmax(-1).view(shape)
-        normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
-        locations = ref_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        # locations at least in the reference points' precision: under autocast the offsets come from a bf16/fp16
+        # product, and a sum in that dtype would round them to the dtype's spacing near 1 (bf16: 1/256 of the map)
+        dtype = torch.promote_types(offsets.dtype, ref_points.dtype)
+        normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=dtype, device=query.device)
+        locations = ref_points[:, :, None, :, None, :] + offsets.to(dtype) / normalizer[None, None, None, :, None, :]
         return locations, weights
 
     def forward(
