@@ -202,15 +202,18 @@ class DDP(nn.Module):
         batch, channels, h, w = x.shape
         reps = self.randsteps
         shape = (reps * batch, channels, h, w)
+        # the label map in float32 at least, also for bf16/fp16 features under autocast (the original draws
+        # float32 noise whatever the model's precision)
+        map_dtype = torch.promote_types(x.dtype, torch.float32)
         if noise is None:
-            noise = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+            noise = torch.randn(shape, generator=generator, device=x.device, dtype=map_dtype)
         elif tuple(noise.shape) != shape:
             raise ValueError(f"noise must have shape {shape} (randsteps·B, C, H/4, W/4), got {tuple(noise.shape)}")
         weight = self.transform.weight.view(channels, 2 * channels)
         w_img, w_mask = weight[:, :channels], weight[:, channels:]
         img_part = F.linear(x.flatten(2).transpose(1, 2), w_img, self.transform.bias)  # (B, Q, C), once
         img_part = img_part.repeat(reps, 1, 1) if reps > 1 else img_part  # same for every random draw
-        mask_t = noise.to(device=x.device, dtype=x.dtype).flatten(2).transpose(1, 2).contiguous()
+        mask_t = noise.to(device=x.device, dtype=map_dtype).flatten(2).transpose(1, 2).contiguous()
         probs: List[Tensor] = []
         logits = mask_t.new_empty(0)
         times = time_tensor([t for pair in self.sampling_schedule(steps) for t in pair], x.device).view(-1, 2)
