@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up ddpseg in ./.venv (or, with DDPSEG_USE_CURRENT_ENV=1, in the active Python environment).
 # A torch that is already installed is kept as it is (e.g. your CUDA build); where there is none, a
-# pinned release is installed first, so the open `torch>=2.1` requirement never pulls a new multi-GB build.
+# pinned release is installed first, so the open `torch>=2.5` requirement never pulls a new multi-GB build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
