@@ -119,6 +119,22 @@ def test_non_finite_loss_stops_with_the_iteration_and_keeps_the_last_good_checkp
     assert all(torch.isfinite(v.float()).all() for v in ckpt["state_dict"].values())
 
 
+def test_fp16_skips_the_update_of_a_non_finite_loss_and_stops_after_a_streak(tmp_path, monkeypatch):
+    """Under fp16 a non-finite loss is an overflow the grad scaler handles (mmcv's Fp16OptimizerHook): that update
+    is skipped, the scale lowered, training goes on; bf16 and float32 still stop (test above)."""
+    cfg = toy_config(max_iters=4, evaluation=None, model=dict(type="ToySegmentor", width=8, dropout=0.0, batchnorm=False))
+    model = run(cfg, tmp_path / "skip", amp="fp16", loader_fn=make_loader_fn(nan_at=1))
+    assert "iteration 2: non-finite loss under fp16 (nan), taken as an overflow" in next((tmp_path / "skip").glob("*.log")).read_text()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    state = load_checkpoint(tmp_path / "skip", with_training_state=True)
+    assert state["iter"] == 4 and state["training_state"]["scaler"]["scale"] <= 2.0**15  # 2¹⁶, halved at least once
+    monkeypatch.setattr("ddpseg.engine.trainer.FP16_OVERFLOW_STREAK_LIMIT", 1)
+    with pytest.raises(NonFiniteLossError, match=r"iteration 2 \(1 in a row under fp16\)"):
+        run(cfg, tmp_path / "stop", amp="fp16", loader_fn=make_loader_fn(nan_at=1))
+    with pytest.raises(NonFiniteLossError, match=r"iteration 2: "):
+        run(cfg, tmp_path / "bf16", amp="bf16", loader_fn=make_loader_fn(nan_at=1))
+
+
 def test_resume_refuses_a_checkpoint_of_another_model_config(tmp_path):
     run(toy_config(max_iters=4, evaluation=None), tmp_path)
     other = toy_config(max_iters=8, evaluation=None, model=dict(type="ToySegmentor", width=4, dropout=0.2))

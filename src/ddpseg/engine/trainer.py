@@ -82,6 +82,11 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stopped before the bad update."""
 
 
+# fp16 with a grad scaler: a non-finite loss is taken as an fp16 overflow and its update skipped (as mmcv's
+# Fp16OptimizerHook lets the scaler do); this many in a row mean the run diverged
+FP16_OVERFLOW_STREAK_LIMIT = 20
+
+
 # ---------------------------------------------------------------------------------------------- one step
 def parse_losses(losses: Mapping[str, Any]) -> tuple[torch.Tensor, "OrderedDict[str, torch.Tensor]"]:
     """mmseg's ``_parse_losses``: mean of each entry (a list of tensors sums their means); the total loss is the
@@ -290,6 +295,7 @@ def train(
                  + (f", channels_last {channels_last}, compile {compile}" if channels_last or compile else ""))
         model.train()
         end = time.perf_counter()
+        overflow_streak = 0
         for it in range(start_iter, settings.max_iters):
             iteration = it + 1
             batch = next(data_iter)
@@ -300,9 +306,16 @@ def train(
                 losses = step_module(img, gt)
             loss, log_vars = parse_losses(losses)
             values = all_reduce_mean(log_vars)
-            if not math.isfinite(values["loss"]):
+            if math.isfinite(values["loss"]):
+                overflow_streak = 0
+            elif scaler is not None and overflow_streak + 1 < FP16_OVERFLOW_STREAK_LIMIT:
+                overflow_streak += 1
+                log.info(f"iteration {iteration}: non-finite loss under fp16 ({values['loss']}), taken as an overflow: "
+                         f"the grad scaler skips this update (loss scale {scaler.get_scale():g} before it)")
+            else:
+                streak = f" ({FP16_OVERFLOW_STREAK_LIMIT} in a row under fp16)" if scaler is not None else ""
                 raise NonFiniteLossError(
-                    f"non-finite loss at iteration {iteration}: {values}; training stopped before the update. "
+                    f"non-finite loss at iteration {iteration}{streak}: {values}; training stopped before the update. "
                     f"Last good checkpoint: {hook_msgs.get('last_ckpt', 'none saved in this run')}"
                 )
             optimizer.zero_grad()
